@@ -1,0 +1,228 @@
+//! Startup: builds each process from its configuration and runs it until a
+//! shutdown signal. Binaries and integration tests start the service the
+//! same way (tests bind port 0 and read the address back).
+
+use crate::broker::{Broker, Subscription};
+use crate::carriers::{self, CarrierConfigError};
+use crate::config::{Config, ConfigError};
+use crate::domain::{Clock, TemplateError, Templates};
+use crate::generator::{Generator, Policy, RequestHandler, StatusHandler};
+use crate::http::{self, ApiKeys, ApiState};
+use crate::secrets::{self, SecretError};
+use crate::sender::{DeliveryHandler, Sender};
+use crate::store::{Store, StoreError};
+use crate::telemetry;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+/// Why a process could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    /// Bad configuration.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// A template is invalid.
+    #[error(transparent)]
+    Template(#[from] TemplateError),
+    /// A secret could not be loaded.
+    #[error(transparent)]
+    Secret(#[from] SecretError),
+    /// The store could not be opened or flushed.
+    #[error("store: {0}")]
+    Store(#[from] StoreError),
+    /// The carrier configuration is wrong.
+    #[error(transparent)]
+    Carrier(#[from] CarrierConfigError),
+    /// The HTTP port could not be bound or served.
+    #[error("http {addr}: {source}")]
+    Http {
+        /// The address.
+        addr: SocketAddr,
+        /// The failure.
+        source: std::io::Error,
+    },
+}
+
+/// The generator process: request consumer, status consumer and HTTP API over one store.
+pub struct GeneratorApp {
+    generator: Arc<Generator>,
+    listener: TcpListener,
+    router: axum::Router,
+    created_api_key: Option<String>,
+    data_dir: PathBuf,
+}
+
+impl GeneratorApp {
+    /// Opens the store, loads secrets and binds the HTTP port.
+    pub async fn build(config: &Config, clock: Arc<dyn Clock>) -> Result<Self, AppError> {
+        let metrics = telemetry::metrics();
+        let data_dir = config.store.data_dir.clone();
+        secrets::ensure_data_dir(&data_dir)?;
+        let key = secrets::hmac_key(config.store.hmac_key.as_deref(), &data_dir)?;
+        let (keys, created_api_key) = secrets::api_keys(&config.http.api_keys, &data_dir)?;
+        let store = Store::open(&data_dir)?;
+        let policy = Policy {
+            limits: config.generator.limits()?,
+            templates: Templates::new(config.templates.clone())?,
+            max_attempts: config.generator.max_attempts,
+            app_name: config.generator.app_name.clone(),
+        };
+        let broker = Broker::new(&config.broker, "otp-generator");
+        let generator = Arc::new(Generator::new(store, key, policy, broker, clock));
+        let addr = config.http.listen;
+        let listener = TcpListener::bind(addr)
+            .await
+            .map_err(|source| AppError::Http { addr, source })?;
+        let state = ApiState {
+            generator: generator.clone(),
+            api_keys: Arc::new(ApiKeys::new(&keys)),
+        };
+        let router = http::api_router(state, metrics, config.http.max_body_bytes);
+        Ok(Self {
+            generator,
+            listener,
+            router,
+            created_api_key,
+            data_dir,
+        })
+    }
+
+    /// The bound HTTP address.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener
+            .local_addr()
+            .expect("bound listener has an address")
+    }
+
+    /// The API key created at this start, if there was none before.
+    pub fn created_api_key(&self) -> Option<&str> {
+        self.created_api_key.as_deref()
+    }
+
+    /// Where the store and secrets live.
+    pub fn data_dir(&self) -> &std::path::Path {
+        &self.data_dir
+    }
+
+    /// The broker handle (tests wait on its connection).
+    pub fn broker(&self) -> Arc<Broker> {
+        self.generator.broker().clone()
+    }
+
+    /// Runs until `shutdown`: consumes, serves, then drains in-flight work and flushes the store.
+    pub async fn run(self, shutdown: CancellationToken) -> Result<(), AppError> {
+        let addr = self.local_addr();
+        let broker = self.generator.broker().clone();
+        let topology = broker.topology().clone();
+        let subscriptions = vec![
+            Subscription {
+                queue: topology.requests,
+                handler: Arc::new(RequestHandler(self.generator.clone())),
+            },
+            Subscription {
+                queue: topology.status,
+                handler: Arc::new(StatusHandler(self.generator.clone())),
+            },
+        ];
+        let consuming = tokio::spawn(broker.run(subscriptions, shutdown.clone()));
+        let served = http::serve(self.listener, self.router, shutdown.clone()).await;
+        let _ = consuming.await;
+        self.generator.store().flush().await?;
+        tracing::info!("generator stopped; store flushed");
+        served.map_err(|source| AppError::Http { addr, source })
+    }
+}
+
+/// A sender process: deliveries consumer, optionally with its ops HTTP port.
+pub struct SenderApp {
+    sender: Arc<Sender>,
+    broker: Arc<Broker>,
+    listener: Option<TcpListener>,
+}
+
+impl SenderApp {
+    /// Builds the carrier; binds `sender.listen` if `with_http`.
+    pub async fn build(
+        config: &Config,
+        clock: Arc<dyn Clock>,
+        with_http: bool,
+    ) -> Result<Self, AppError> {
+        telemetry::metrics();
+        let carrier = carriers::from_config(config)?;
+        let broker = Broker::new(&config.broker, &format!("otp-sender-{}", carrier.name()));
+        let sender = Arc::new(Sender::new(
+            carrier,
+            broker.clone(),
+            clock,
+            config.sender.retry.clone(),
+        ));
+        let listener = if with_http {
+            let addr = config.sender.listen;
+            Some(
+                TcpListener::bind(addr)
+                    .await
+                    .map_err(|source| AppError::Http { addr, source })?,
+            )
+        } else {
+            None
+        };
+        Ok(Self {
+            sender,
+            broker,
+            listener,
+        })
+    }
+
+    /// The bound ops address, if any.
+    pub fn local_addr(&self) -> Option<SocketAddr> {
+        self.listener.as_ref().and_then(|l| l.local_addr().ok())
+    }
+
+    /// The broker handle.
+    pub fn broker(&self) -> Arc<Broker> {
+        self.broker.clone()
+    }
+
+    /// Runs until `shutdown`, finishing in-flight deliveries first.
+    pub async fn run(self, shutdown: CancellationToken) -> Result<(), AppError> {
+        let queue = self.broker.topology().deliveries.clone();
+        let subscriptions = vec![Subscription {
+            queue,
+            handler: Arc::new(DeliveryHandler(self.sender.clone())),
+        }];
+        let consuming = tokio::spawn(self.broker.clone().run(subscriptions, shutdown.clone()));
+        if let Some(listener) = self.listener {
+            let addr = listener.local_addr().map_err(|source| AppError::Http {
+                addr: ([0, 0, 0, 0], 0).into(),
+                source,
+            })?;
+            let router = http::ops_router(self.broker.clone(), telemetry::metrics());
+            http::serve(listener, router, shutdown.clone())
+                .await
+                .map_err(|source| AppError::Http { addr, source })?;
+        }
+        let _ = consuming.await;
+        tracing::info!("sender stopped");
+        Ok(())
+    }
+}
+
+/// A token cancelled on SIGINT or SIGTERM.
+pub fn shutdown_on_signals() -> CancellationToken {
+    let token = CancellationToken::new();
+    let cancel = token.clone();
+    tokio::spawn(async move {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("install SIGTERM handler");
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+        tracing::info!("shutting down: finishing in-flight work");
+        cancel.cancel();
+    });
+    token
+}

@@ -1,0 +1,396 @@
+//! The supervised broker connection: connects (and reconnects) with backoff,
+//! declares the topology, runs the consumers and offers confirmed publishing.
+
+use crate::broker::{BrokerError, Disposition, Handler, Inbound, Topology};
+use crate::config::BrokerConfig;
+use crate::telemetry::names;
+use backon::BackoffBuilder;
+use futures_lite::StreamExt;
+use lapin::options::{
+    BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions,
+    BasicPublishOptions, BasicQosOptions, BasicRejectOptions, ConfirmSelectOptions,
+};
+use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
+use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProperties};
+use serde::Serialize;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// A queue and the handler of its messages.
+#[derive(Clone)]
+pub struct Subscription {
+    /// Queue name.
+    pub queue: String,
+    /// What to do with each message.
+    pub handler: Arc<dyn Handler>,
+}
+
+/// A process's link to RabbitMQ: shared by its workers and its HTTP routes.
+pub struct Broker {
+    url: String,
+    name: String,
+    prefetch: u16,
+    topology: Topology,
+    publisher: RwLock<Option<Channel>>,
+    connected: AtomicBool,
+    connected_notify: tokio::sync::Notify,
+}
+
+/// Properties of every message we publish: JSON, persistent.
+pub fn json_properties() -> BasicProperties {
+    BasicProperties::default()
+        .with_content_type("application/json".into())
+        .with_delivery_mode(2)
+}
+
+impl Broker {
+    /// A broker handle for the process `name` (shown in RabbitMQ's UI).
+    /// Nothing connects until [`Broker::run`].
+    pub fn new(config: &BrokerConfig, name: &str) -> Arc<Self> {
+        Arc::new(Self {
+            url: config.url.clone(),
+            name: name.to_owned(),
+            prefetch: config.prefetch.max(1),
+            topology: Topology::new(&config.prefix, config.queue_expires_ms),
+            publisher: RwLock::new(None),
+            connected: AtomicBool::new(false),
+            connected_notify: tokio::sync::Notify::new(),
+        })
+    }
+
+    /// The names this broker uses.
+    pub fn topology(&self) -> &Topology {
+        &self.topology
+    }
+
+    /// Whether a connection is up and the topology declared.
+    pub fn is_connected(&self) -> bool {
+        self.connected.load(Ordering::SeqCst)
+    }
+
+    /// Waits until connected, at most `timeout`. Returns whether it is.
+    pub async fn wait_connected(&self, timeout: Duration) -> bool {
+        let wait = async {
+            loop {
+                let notified = self.connected_notify.notified();
+                if self.is_connected() {
+                    return;
+                }
+                notified.await;
+            }
+        };
+        tokio::time::timeout(timeout, wait).await.is_ok()
+    }
+
+    fn set_publisher(&self, channel: Option<Channel>) {
+        let up = channel.is_some();
+        *self.publisher.write().expect("publisher lock") = channel;
+        self.connected.store(up, Ordering::SeqCst);
+        metrics::gauge!(names::BROKER_CONNECTED).set(if up { 1.0 } else { 0.0 });
+        self.connected_notify.notify_waiters();
+    }
+
+    /// Publishes `body` and waits for the broker's confirm. With `mandatory`,
+    /// a message no queue is bound for is an error instead of silently lost.
+    pub async fn publish(
+        &self,
+        exchange: &str,
+        routing_key: &str,
+        body: &[u8],
+        properties: BasicProperties,
+        mandatory: bool,
+    ) -> Result<(), BrokerError> {
+        let channel = self
+            .publisher
+            .read()
+            .expect("publisher lock")
+            .clone()
+            .ok_or(BrokerError::NotConnected)?;
+        let options = BasicPublishOptions {
+            mandatory,
+            ..Default::default()
+        };
+        let confirm = channel
+            .basic_publish(
+                exchange.into(),
+                routing_key.into(),
+                options,
+                body,
+                properties,
+            )
+            .await?
+            .await?;
+        match confirm {
+            Confirmation::Ack(None) | Confirmation::NotRequested => Ok(()),
+            Confirmation::Ack(Some(_)) => {
+                Err(BrokerError::NotConfirmed("no queue is bound for it"))
+            }
+            Confirmation::Nack(_) => Err(BrokerError::NotConfirmed("nack")),
+        }
+    }
+
+    /// Serializes `value` as JSON and publishes it persistently with a confirm.
+    pub async fn publish_json<T: Serialize>(
+        &self,
+        exchange: &str,
+        routing_key: &str,
+        value: &T,
+        mandatory: bool,
+    ) -> Result<(), BrokerError> {
+        let body = serde_json::to_vec(value).expect("message types always serialize");
+        self.publish(exchange, routing_key, &body, json_properties(), mandatory)
+            .await
+    }
+
+    /// Publishes to the contract's exchange.
+    pub async fn publish_to_exchange<T: Serialize>(
+        &self,
+        routing_key: &str,
+        value: &T,
+        mandatory: bool,
+    ) -> Result<(), BrokerError> {
+        self.publish_json(&self.topology.exchange, routing_key, value, mandatory)
+            .await
+    }
+
+    async fn open(&self) -> Result<Connection, BrokerError> {
+        let properties = ConnectionProperties::default()
+            .with_connection_name(self.name.as_str().into())
+            .enable_auto_recover();
+        let connection = Connection::connect(&self.url, properties).await?;
+        let publisher = connection.create_channel().await?;
+        publisher
+            .confirm_select(ConfirmSelectOptions::default())
+            .await?;
+        self.topology.declare(&publisher).await?;
+        self.set_publisher(Some(publisher));
+        Ok(connection)
+    }
+
+    /// Connects, runs `subscriptions` until `shutdown`, and rebuilds the
+    /// connection whenever it is lost. On shutdown: stops consuming, lets
+    /// in-flight messages finish and settle, then closes the connection.
+    pub async fn run(
+        self: Arc<Self>,
+        subscriptions: Vec<Subscription>,
+        shutdown: CancellationToken,
+    ) {
+        let backoff = || {
+            backon::ExponentialBuilder::default()
+                .with_min_delay(Duration::from_millis(100))
+                .with_max_delay(Duration::from_secs(5))
+                .with_jitter()
+                .without_max_times()
+                .build()
+        };
+        let mut delays = backoff();
+        let mut connected_before = false;
+        metrics::gauge!(names::BROKER_CONNECTED).set(0.0);
+        while !shutdown.is_cancelled() {
+            let opened = tokio::select! {
+                _ = shutdown.cancelled() => break,
+                opened = self.open() => opened,
+            };
+            let connection = match opened {
+                Ok(c) => c,
+                Err(e) => {
+                    let delay = delays.next().unwrap_or(Duration::from_secs(5));
+                    tracing::warn!(error = %e, retry_in = ?delay, url = %redact_url(&self.url), "cannot reach RabbitMQ");
+                    tokio::select! {
+                        _ = shutdown.cancelled() => break,
+                        _ = tokio::time::sleep(delay) => continue,
+                    }
+                }
+            };
+            if connected_before {
+                metrics::counter!(names::BROKER_RECONNECTS).increment(1);
+                tracing::info!("reconnected to RabbitMQ");
+            } else {
+                tracing::info!(url = %redact_url(&self.url), "connected to RabbitMQ");
+            }
+            connected_before = true;
+            delays = backoff();
+            let tracker = TaskTracker::new();
+            let result = self
+                .clone()
+                .consume_all(&connection, &subscriptions, &tracker, &shutdown)
+                .await;
+            // In-flight messages settle on this connection before it goes.
+            tracker.close();
+            tracker.wait().await;
+            self.set_publisher(None);
+            let _ = connection.close(200, "bye".into()).await;
+            match result {
+                Ok(()) => break,
+                Err(e) => tracing::warn!(error = %e, "lost the RabbitMQ connection; reconnecting"),
+            }
+        }
+        self.set_publisher(None);
+    }
+
+    async fn consume_all(
+        self: Arc<Self>,
+        connection: &Connection,
+        subscriptions: &[Subscription],
+        tracker: &TaskTracker,
+        shutdown: &CancellationToken,
+    ) -> Result<(), BrokerError> {
+        let mut loops = JoinSet::new();
+        for sub in subscriptions {
+            let channel = connection.create_channel().await?;
+            channel
+                .basic_qos(self.prefetch, BasicQosOptions::default())
+                .await?;
+            let tag = format!("{}-{}", self.name, uuid::Uuid::new_v4());
+            let consumer = channel
+                .basic_consume(
+                    sub.queue.as_str().into(),
+                    tag.as_str().into(),
+                    BasicConsumeOptions::default(),
+                    FieldTable::default(),
+                )
+                .await?;
+            loops.spawn(self.clone().consume(
+                channel,
+                consumer,
+                tag,
+                sub.handler.clone(),
+                tracker.clone(),
+                shutdown.clone(),
+            ));
+        }
+        // The first loop to end decides: shutdown (Ok) or a lost connection (Err).
+        let first = loops
+            .join_next()
+            .await
+            .map(|r| r.unwrap_or(Err(BrokerError::NotConnected)));
+        if first.as_ref().is_some_and(|r| r.is_err()) {
+            loops.abort_all();
+        }
+        while loops.join_next().await.is_some() {}
+        first.unwrap_or(Ok(()))
+    }
+
+    async fn consume(
+        self: Arc<Self>,
+        channel: Channel,
+        mut consumer: lapin::Consumer,
+        tag: String,
+        handler: Arc<dyn Handler>,
+        tracker: TaskTracker,
+        shutdown: CancellationToken,
+    ) -> Result<(), BrokerError> {
+        loop {
+            let next = tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => {
+                    let _ = channel.basic_cancel(tag.as_str().into(), BasicCancelOptions::default()).await;
+                    return Ok(());
+                }
+                next = consumer.next() => next,
+            };
+            match next {
+                None => return Err(BrokerError::NotConnected),
+                Some(Err(e)) => {
+                    // lapin's own recovery first; if it cannot, the supervisor reconnects.
+                    channel.wait_for_recovery(e).await?;
+                    metrics::counter!(names::BROKER_RECONNECTS).increment(1);
+                    tracing::info!("RabbitMQ channel recovered");
+                }
+                Some(Ok(delivery)) => {
+                    let broker = self.clone();
+                    let handler = handler.clone();
+                    tracker.spawn(async move {
+                        let inbound = Inbound::from(&delivery);
+                        let disposition = handler.handle(inbound).await;
+                        broker.settle(delivery, disposition).await;
+                    });
+                }
+            }
+        }
+    }
+
+    async fn settle(&self, delivery: lapin::message::Delivery, disposition: Disposition) {
+        let result = match disposition {
+            Disposition::Ack => delivery.ack(BasicAckOptions::default()).await,
+            Disposition::Retry { after } => {
+                tokio::time::sleep(after).await;
+                delivery
+                    .nack(BasicNackOptions {
+                        requeue: true,
+                        ..Default::default()
+                    })
+                    .await
+            }
+            Disposition::DeadLetter { reason, error } => {
+                metrics::counter!(names::DEAD_LETTERS, "reason" => reason).increment(1);
+                tracing::warn!(reason, error = %error, routing_key = %delivery.routing_key, "dead-lettering a message");
+                let mut headers = delivery.properties.headers().clone().unwrap_or_default();
+                headers.insert(
+                    ShortString::from(Topology::ERROR_HEADER),
+                    AMQPValue::LongString(LongString::from(error.as_str())),
+                );
+                headers.insert(
+                    ShortString::from(Topology::REASON_HEADER),
+                    AMQPValue::LongString(LongString::from(reason)),
+                );
+                let properties = delivery
+                    .properties
+                    .clone()
+                    .with_headers(headers)
+                    .with_delivery_mode(2);
+                let dlx = self.topology.dlx.clone();
+                match self
+                    .publish(
+                        &dlx,
+                        delivery.routing_key.as_str(),
+                        &delivery.data,
+                        properties,
+                        true,
+                    )
+                    .await
+                {
+                    Ok(()) => delivery.ack(BasicAckOptions::default()).await,
+                    Err(e) => {
+                        // The queue's own dead-letter route still keeps it.
+                        tracing::warn!(error = %e, "could not publish to the dead-letter exchange; rejecting instead");
+                        delivery.reject(BasicRejectOptions { requeue: false }).await
+                    }
+                }
+            }
+        };
+        if let Err(e) = result {
+            // The channel is gone; the broker redelivers the message, and
+            // every handler is idempotent.
+            tracing::warn!(error = %e, "could not settle a message; it will be redelivered");
+        }
+    }
+}
+
+/// The URL with any password replaced, for logs.
+pub fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let userinfo = &url[scheme + 3..at];
+            let user = userinfo.split(':').next().unwrap_or("");
+            format!("{}{user}:***{}", &url[..scheme + 3], &url[at..])
+        }
+        _ => url.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn passwords_are_redacted() {
+        assert_eq!(
+            super::redact_url("amqp://guest:secret@127.0.0.1:5672/%2f"),
+            "amqp://guest:***@127.0.0.1:5672/%2f"
+        );
+        assert_eq!(super::redact_url("amqp://127.0.0.1"), "amqp://127.0.0.1");
+    }
+}

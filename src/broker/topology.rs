@@ -1,0 +1,168 @@
+//! The contract's exchanges and queues, named from a configurable prefix.
+
+use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
+use lapin::types::{AMQPValue, FieldTable, ShortString};
+use lapin::{Channel, ExchangeKind};
+
+/// Every name of the AMQP contract, with the prefix applied.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Topology {
+    /// Topic exchange producers publish to (`otp`).
+    pub exchange: String,
+    /// Requests queue (`otp.requests`).
+    pub requests: String,
+    /// Deliveries queue (`otp.deliveries`, internal).
+    pub deliveries: String,
+    /// The generator's queue of sender status events (`otp.status`, internal).
+    pub status: String,
+    /// Dead-letter exchange (`otp.dlx`).
+    pub dlx: String,
+    /// Dead-letter queue (`otp.dead`).
+    pub dead: String,
+    queue_expires_ms: Option<u32>,
+}
+
+impl Topology {
+    /// Routing key of requests.
+    pub const REQUEST_KEY: &'static str = "request";
+    /// Routing key of deliveries.
+    pub const DELIVERY_KEY: &'static str = "delivery";
+    /// Events the generator follows to keep request status.
+    pub const STATUS_KEYS: [&'static str; 4] = [
+        "event.sent",
+        "event.failed",
+        "event.delivered",
+        "event.undelivered",
+    ];
+    /// Header carrying why a message was dead-lettered.
+    pub const ERROR_HEADER: &'static str = "x-otp-error";
+    /// Header carrying the dead-letter reason code.
+    pub const REASON_HEADER: &'static str = "x-otp-reason";
+
+    /// Names under `prefix` (empty for the contract's defaults).
+    /// `queue_expires_ms` (tests only) lets idle queues delete themselves.
+    pub fn new(prefix: &str, queue_expires_ms: Option<u32>) -> Self {
+        let name = |s: &str| format!("{prefix}{s}");
+        Self {
+            exchange: name("otp"),
+            requests: name("otp.requests"),
+            deliveries: name("otp.deliveries"),
+            status: name("otp.status"),
+            dlx: name("otp.dlx"),
+            dead: name("otp.dead"),
+            queue_expires_ms,
+        }
+    }
+
+    fn queue_args(&self, dead_letter: bool) -> FieldTable {
+        let mut args = FieldTable::default();
+        if dead_letter {
+            args.insert(
+                ShortString::from("x-dead-letter-exchange"),
+                AMQPValue::LongString(self.dlx.as_str().into()),
+            );
+        }
+        if let Some(ms) = self.queue_expires_ms {
+            args.insert(ShortString::from("x-expires"), AMQPValue::LongUInt(ms));
+        }
+        args
+    }
+
+    /// Declares (idempotently) everything: durable exchanges and queues,
+    /// bindings, and the dead-letter route of each work queue.
+    pub async fn declare(&self, channel: &Channel) -> Result<(), lapin::Error> {
+        let durable = ExchangeDeclareOptions {
+            durable: true,
+            ..Default::default()
+        };
+        for exchange in [&self.exchange, &self.dlx] {
+            channel
+                .exchange_declare(
+                    exchange.as_str().into(),
+                    ExchangeKind::Topic,
+                    durable,
+                    FieldTable::default(),
+                )
+                .await?;
+        }
+        let queue = QueueDeclareOptions {
+            durable: true,
+            ..Default::default()
+        };
+        let work: [(&String, &String, &[&str]); 3] = [
+            (&self.requests, &self.exchange, &[Self::REQUEST_KEY]),
+            (&self.deliveries, &self.exchange, &[Self::DELIVERY_KEY]),
+            (&self.status, &self.exchange, &Self::STATUS_KEYS),
+        ];
+        for (name, exchange, keys) in work {
+            channel
+                .queue_declare(name.as_str().into(), queue, self.queue_args(true))
+                .await?;
+            for key in keys {
+                channel
+                    .queue_bind(
+                        name.as_str().into(),
+                        exchange.as_str().into(),
+                        (*key).into(),
+                        QueueBindOptions::default(),
+                        FieldTable::default(),
+                    )
+                    .await?;
+            }
+        }
+        channel
+            .queue_declare(self.dead.as_str().into(), queue, self.queue_args(false))
+            .await?;
+        channel
+            .queue_bind(
+                self.dead.as_str().into(),
+                self.dlx.as_str().into(),
+                "#".into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_names_are_the_contract() {
+        let t = Topology::new("", None);
+        assert_eq!(
+            [
+                t.exchange.as_str(),
+                &t.requests,
+                &t.deliveries,
+                &t.dlx,
+                &t.dead
+            ],
+            [
+                "otp",
+                "otp.requests",
+                "otp.deliveries",
+                "otp.dlx",
+                "otp.dead"
+            ]
+        );
+    }
+
+    #[test]
+    fn prefix_applies_to_every_name() {
+        let t = Topology::new("t1.", None);
+        for n in [
+            &t.exchange,
+            &t.requests,
+            &t.deliveries,
+            &t.status,
+            &t.dlx,
+            &t.dead,
+        ] {
+            assert!(n.starts_with("t1.otp"), "{n}");
+        }
+    }
+}

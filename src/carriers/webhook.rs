@@ -1,0 +1,141 @@
+//! The generic webhook carrier: POSTs the contract's JSON to a URL.
+//!
+//! 2xx is accepted; 429 and 5xx are retryable (honouring `Retry-After`);
+//! any other status is permanent. Network errors and timeouts are retryable.
+
+use crate::broker::BoxFuture;
+use crate::carriers::{Accepted, Carrier, CarrierConfigError, CarrierError, Sms, retry_after};
+use crate::config::WebhookConfig;
+use reqwest::StatusCode;
+use serde::Serialize;
+use std::time::Duration;
+
+/// Posts `{"to","text","request_id","delivery_id"}` to a configured URL.
+#[derive(Debug, Clone)]
+pub struct Webhook {
+    client: reqwest::Client,
+    url: reqwest::Url,
+    token: Option<String>,
+}
+
+#[derive(Serialize)]
+struct Body<'a> {
+    to: &'a str,
+    text: &'a str,
+    request_id: &'a str,
+    delivery_id: &'a str,
+}
+
+#[derive(serde::Deserialize)]
+struct Answer {
+    #[serde(alias = "message_id", alias = "sid")]
+    id: Option<String>,
+}
+
+impl Webhook {
+    /// Builds the carrier; the URL must be http(s).
+    pub fn new(config: &WebhookConfig) -> Result<Self, CarrierConfigError> {
+        let url = reqwest::Url::parse(&config.url)
+            .map_err(|e| CarrierConfigError::Invalid("webhook", format!("url: {e}")))?;
+        if !matches!(url.scheme(), "http" | "https") {
+            return Err(CarrierConfigError::Invalid(
+                "webhook",
+                "url must be http or https".into(),
+            ));
+        }
+        let client = reqwest::Client::builder()
+            .timeout(Duration::from_millis(config.timeout_ms))
+            .user_agent(concat!("otp-pipeline/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| CarrierConfigError::Invalid("webhook", e.to_string()))?;
+        Ok(Self {
+            client,
+            url,
+            token: config.token.clone(),
+        })
+    }
+}
+
+/// Classifies an HTTP status per the contract.
+pub fn classify(status: StatusCode, retry_after: Option<Duration>) -> Result<(), CarrierError> {
+    if status.is_success() {
+        Ok(())
+    } else if status == StatusCode::TOO_MANY_REQUESTS || status.is_server_error() {
+        Err(CarrierError::Retryable {
+            reason: format!("HTTP {status}"),
+            retry_after,
+        })
+    } else {
+        Err(CarrierError::Permanent {
+            reason: format!("HTTP {status}"),
+        })
+    }
+}
+
+impl Carrier for Webhook {
+    fn name(&self) -> &'static str {
+        "webhook"
+    }
+
+    fn send<'a>(&'a self, sms: &'a Sms) -> BoxFuture<'a, Result<Accepted, CarrierError>> {
+        Box::pin(async move {
+            let body = Body {
+                to: &sms.to,
+                text: &sms.text,
+                request_id: &sms.request_id,
+                delivery_id: &sms.delivery_id,
+            };
+            let mut request = self.client.post(self.url.clone()).json(&body);
+            if let Some(token) = &self.token {
+                request = request.bearer_auth(token);
+            }
+            let response = request.send().await.map_err(|e| CarrierError::Retryable {
+                // Without the URL: it may hold credentials.
+                reason: format!("request failed: {}", e.without_url()),
+                retry_after: None,
+            })?;
+            classify(response.status(), retry_after(response.headers()))?;
+            // Any 2xx is accepted; an id in a JSON answer is kept if present.
+            let id = response.json::<Answer>().await.ok().and_then(|a| a.id);
+            Ok(Accepted {
+                carrier_message_id: id,
+            })
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statuses_are_classified_per_the_contract() {
+        assert!(classify(StatusCode::OK, None).is_ok());
+        assert!(classify(StatusCode::ACCEPTED, None).is_ok());
+        for s in [429, 500, 502, 503, 504] {
+            assert!(
+                classify(StatusCode::from_u16(s).unwrap(), None)
+                    .unwrap_err()
+                    .is_retryable(),
+                "{s}"
+            );
+        }
+        for s in [400, 401, 403, 404, 422] {
+            assert!(
+                !classify(StatusCode::from_u16(s).unwrap(), None)
+                    .unwrap_err()
+                    .is_retryable(),
+                "{s}"
+            );
+        }
+    }
+
+    #[test]
+    fn bad_urls_are_refused() {
+        let c = WebhookConfig {
+            url: "ftp://x".into(),
+            ..Default::default()
+        };
+        assert!(Webhook::new(&c).is_err());
+    }
+}

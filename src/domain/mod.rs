@@ -1,0 +1,23 @@
+//! The domain: phone numbers, codes, digests, requests, templates, verification
+//! rules and the message types that cross the broker.
+//!
+//! Nothing in here does I/O: every function takes what it needs (including the
+//! current time) as arguments, so the rules are unit-tested in isolation.
+
+pub mod clock;
+pub mod code;
+pub mod digest;
+pub mod messages;
+pub mod phone;
+pub mod request;
+pub mod template;
+pub mod verification;
+
+pub use clock::{Clock, ManualClock, SystemClock};
+pub use code::{Code, CodeLength};
+pub use digest::{CodeDigest, DigestKey};
+pub use messages::{Delivery, Event, EventKind, Reply, ReplyStatus, RequestStatus};
+pub use phone::{Phone, PhoneError};
+pub use request::{DecodeError, Limits, RawRequest, RejectReason, Rejection, ValidRequest};
+pub use template::{TemplateError, Templates};
+pub use verification::{CodeRecord, Transition, VerifyOutcome, decide};

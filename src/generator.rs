@@ -1,0 +1,440 @@
+//! The generator: turns requests into stored digests and queued deliveries,
+//! keeps each request's status, and answers verifications.
+//!
+//! It wires the domain, the store and the broker; it alone touches codes.
+
+use crate::broker::{BoxFuture, Broker, BrokerError, Disposition, Handler, Inbound, Topology};
+use crate::domain::{
+    Clock, Code, CodeRecord, DecodeError, Delivery, DigestKey, Event, EventKind, Limits, Phone,
+    RawRequest, RejectReason, Rejection, Reply, ReplyStatus, Templates, ValidRequest,
+    VerifyOutcome,
+};
+use crate::store::{IssueOutcome, RequestRecord, Store, StoreError};
+use crate::telemetry::names;
+use lapin::BasicProperties;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+use time::OffsetDateTime;
+
+/// Pause before a message whose processing hit an infrastructure failure is requeued.
+const RETRY_PAUSE: Duration = Duration::from_secs(1);
+
+/// A generator failure seen by the HTTP layer.
+#[derive(Debug, thiserror::Error)]
+pub enum GeneratorError {
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The broker failed.
+    #[error(transparent)]
+    Broker(#[from] BrokerError),
+}
+
+/// Code policy and text settings of a generator.
+#[derive(Debug, Clone)]
+pub struct Policy {
+    /// Defaults for optional request fields.
+    pub limits: Limits,
+    /// SMS templates.
+    pub templates: Templates,
+    /// Wrong codes allowed before a code is locked.
+    pub max_attempts: u8,
+    /// `{app}` in templates.
+    pub app_name: String,
+}
+
+/// The generator's state and operations.
+pub struct Generator {
+    store: Store,
+    key: DigestKey,
+    policy: Policy,
+    broker: Arc<Broker>,
+    clock: Arc<dyn Clock>,
+    store_ok: AtomicBool,
+}
+
+impl Generator {
+    /// A generator over an open store.
+    pub fn new(
+        store: Store,
+        key: DigestKey,
+        policy: Policy,
+        broker: Arc<Broker>,
+        clock: Arc<dyn Clock>,
+    ) -> Self {
+        Self {
+            store,
+            key,
+            policy,
+            broker,
+            clock,
+            store_ok: AtomicBool::new(true),
+        }
+    }
+
+    /// The broker this generator publishes to.
+    pub fn broker(&self) -> &Arc<Broker> {
+        &self.broker
+    }
+
+    /// The store (for flushing at shutdown).
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// Whether the last store operation succeeded (readiness).
+    pub fn store_ok(&self) -> bool {
+        self.store_ok.load(Ordering::SeqCst)
+    }
+
+    /// Checks a request the way the queue consumer will (for `POST /v1/otp`).
+    pub fn validate(&self, raw: RawRequest) -> Result<ValidRequest, Rejection> {
+        raw.validate(&self.policy.limits, &self.policy.templates)
+    }
+
+    fn track<T>(&self, result: Result<T, StoreError>) -> Result<T, StoreError> {
+        self.store_ok.store(result.is_ok(), Ordering::SeqCst);
+        result
+    }
+
+    /// Handles one message from the requests queue.
+    pub async fn process_request(&self, message: Inbound) -> Disposition {
+        let raw = match RawRequest::decode(&message.body) {
+            Ok(raw) => raw,
+            Err(DecodeError::Malformed(error)) => {
+                metrics::counter!(names::REQUESTS, "outcome" => "malformed").increment(1);
+                return Disposition::DeadLetter {
+                    reason: "malformed_json",
+                    error,
+                };
+            }
+            Err(DecodeError::Invalid { request_id, detail }) => {
+                let rejection = Rejection {
+                    reason: RejectReason::InvalidRequest,
+                    detail,
+                };
+                return self.reject(request_id, "", rejection, &message).await;
+            }
+        };
+        let (request_id, phone) = (raw.request_id.clone(), raw.phone.clone());
+        match self.validate(raw) {
+            Ok(request) => self.issue(request, &message).await,
+            Err(rejection) => {
+                let id =
+                    Some(request_id).filter(|id| (1..=128).contains(&id.len()) && id.is_ascii());
+                self.reject(id, &phone, rejection, &message).await
+            }
+        }
+    }
+
+    async fn reject(
+        &self,
+        request_id: Option<String>,
+        phone: &str,
+        rejection: Rejection,
+        message: &Inbound,
+    ) -> Disposition {
+        metrics::counter!(names::REQUESTS, "outcome" => rejection.reason.as_str()).increment(1);
+        tracing::info!(request_id = request_id.as_deref().unwrap_or("-"), reason = rejection.reason.as_str(), detail = %rejection.detail, "request rejected");
+        let mut event = Event::new(
+            EventKind::Rejected,
+            request_id.clone(),
+            phone,
+            self.clock.now(),
+        );
+        event.reason = Some(rejection.reason);
+        event.error = Some(rejection.detail.clone());
+        if let Err(e) = self.publish_event(&event).await {
+            tracing::warn!(error = %e, "could not publish event.rejected; will retry");
+            return Disposition::Retry { after: RETRY_PAUSE };
+        }
+        let reply = Reply {
+            request_id,
+            status: ReplyStatus::Rejected,
+            reason: Some(rejection.reason),
+            error: Some(rejection.detail),
+            expires_at: None,
+        };
+        self.reply(message, &reply).await;
+        Disposition::Ack
+    }
+
+    async fn issue(&self, request: ValidRequest, message: &Inbound) -> Disposition {
+        let now = self.clock.now();
+        let code = Code::generate(request.code_length, &mut rand::rng());
+        let record = CodeRecord {
+            request_id: request.request_id.clone(),
+            digest: self.key.digest(&request.phone, &request.request_id, &code),
+            key_id: self.key.id().to_owned(),
+            expires_at: now + request.ttl,
+            attempts_left: self.policy.max_attempts,
+        };
+        let outcome = match self.track(self.store.issue(&request, &record, now)) {
+            Ok(o) => o,
+            Err(e) => return self.store_failed(&e),
+        };
+        match outcome {
+            IssueOutcome::Issued => {}
+            IssueOutcome::Conflict => {
+                let rejection = Rejection {
+                    reason: RejectReason::InvalidRequest,
+                    detail: "request_id was already used with another phone or other parameters"
+                        .into(),
+                };
+                return self
+                    .reject(
+                        Some(request.request_id),
+                        request.phone.e164(),
+                        rejection,
+                        message,
+                    )
+                    .await;
+            }
+            IssueOutcome::Duplicate(existing) => {
+                return self.duplicate(&request, &existing, message).await;
+            }
+        }
+        // The digest is durable before the code leaves the process.
+        if let Err(e) = self.track(self.store.flush().await) {
+            return self.store_failed(&e);
+        }
+        let text = self
+            .policy
+            .templates
+            .render(
+                &request.template,
+                &request.locale,
+                &code,
+                request.ttl,
+                &self.policy.app_name,
+            )
+            .expect("validated requests name existing templates");
+        let delivery = Delivery {
+            delivery_id: uuid::Uuid::new_v4().to_string(),
+            request_id: request.request_id.clone(),
+            phone: request.phone.e164().to_owned(),
+            text,
+            expires_at: record.expires_at,
+            requested_at: now,
+        };
+        drop(code);
+        if let Err(e) = self
+            .broker
+            .publish_to_exchange(Topology::DELIVERY_KEY, &delivery, true)
+            .await
+        {
+            tracing::warn!(request_id = %request.request_id, error = %e, "could not queue the delivery; will retry");
+            return Disposition::Retry { after: RETRY_PAUSE };
+        }
+        if let Err(e) = self.track(self.store.mark_queued(&request.request_id)) {
+            return self.store_failed(&e);
+        }
+        if let Err(e) = self.track(self.store.flush().await) {
+            return self.store_failed(&e);
+        }
+        metrics::counter!(names::CODES_ISSUED).increment(1);
+        metrics::counter!(names::REQUESTS, "outcome" => "accepted").increment(1);
+        tracing::info!(request_id = %request.request_id, phone = %request.phone, expires_at = %record.expires_at, "code issued");
+        self.accepted(
+            &request.request_id,
+            request.phone.e164(),
+            record.expires_at,
+            message,
+        )
+        .await
+    }
+
+    async fn duplicate(
+        &self,
+        request: &ValidRequest,
+        existing: &RequestRecord,
+        message: &Inbound,
+    ) -> Disposition {
+        metrics::counter!(names::REQUESTS, "outcome" => "duplicate").increment(1);
+        tracing::info!(request_id = %request.request_id, redelivered = message.redelivered, "duplicate request: no new code");
+        if message.redelivered {
+            // We may have died before announcing it: announce again (events are at-least-once).
+            return self
+                .accepted(
+                    &existing.request_id,
+                    &existing.phone,
+                    existing.expires_at,
+                    message,
+                )
+                .await;
+        }
+        let reply = Reply {
+            request_id: Some(existing.request_id.clone()),
+            status: ReplyStatus::Accepted,
+            reason: None,
+            error: None,
+            expires_at: Some(existing.expires_at),
+        };
+        self.reply(message, &reply).await;
+        Disposition::Ack
+    }
+
+    async fn accepted(
+        &self,
+        request_id: &str,
+        phone: &str,
+        expires_at: OffsetDateTime,
+        message: &Inbound,
+    ) -> Disposition {
+        let mut event = Event::new(
+            EventKind::Accepted,
+            Some(request_id.to_owned()),
+            phone,
+            self.clock.now(),
+        );
+        event.expires_at = Some(expires_at);
+        if let Err(e) = self.publish_event(&event).await {
+            tracing::warn!(request_id, error = %e, "could not publish event.accepted; will retry");
+            return Disposition::Retry { after: RETRY_PAUSE };
+        }
+        let reply = Reply {
+            request_id: Some(request_id.to_owned()),
+            status: ReplyStatus::Accepted,
+            reason: None,
+            error: None,
+            expires_at: Some(expires_at),
+        };
+        self.reply(message, &reply).await;
+        Disposition::Ack
+    }
+
+    fn store_failed(&self, error: &StoreError) -> Disposition {
+        tracing::error!(error = %error, "store failure; the request will be retried");
+        Disposition::Retry { after: RETRY_PAUSE }
+    }
+
+    async fn publish_event(&self, event: &Event) -> Result<(), BrokerError> {
+        self.broker
+            .publish_to_exchange(&event.status.routing_key(), event, false)
+            .await
+    }
+
+    async fn reply(&self, message: &Inbound, reply: &Reply) {
+        let Some(reply_to) = message.reply_to.as_deref() else {
+            return;
+        };
+        let mut properties = crate::broker::json_properties();
+        if let Some(id) = &message.correlation_id {
+            properties = properties.with_correlation_id(id.as_str().into());
+        }
+        let body = serde_json::to_vec(reply).expect("replies serialize");
+        // A reply is a courtesy to a waiting producer; the event is the record.
+        if let Err(e) = self
+            .broker
+            .publish("", reply_to, &body, properties, false)
+            .await
+        {
+            tracing::warn!(error = %e, "could not send the reply");
+        }
+    }
+
+    /// Handles one status event from the senders (`otp.status`).
+    pub async fn process_status(&self, message: Inbound) -> Disposition {
+        let event: Event = match serde_json::from_slice(&message.body) {
+            Ok(e) => e,
+            Err(e) => {
+                return Disposition::DeadLetter {
+                    reason: "malformed_event",
+                    error: e.to_string(),
+                };
+            }
+        };
+        let Some(request_id) = event.request_id.as_deref() else {
+            return Disposition::Ack;
+        };
+        let applied = self.store.apply_event(
+            request_id,
+            event.status,
+            event.carrier.as_deref(),
+            event.carrier_message_id.as_deref(),
+            event.error.as_deref(),
+            event.at,
+        );
+        match self.track(applied) {
+            Ok(_) => Disposition::Ack,
+            Err(e) => self.store_failed(&e),
+        }
+    }
+
+    /// Verifies `code` for `phone`: approved at most once, attempts counted,
+    /// expiry enforced. Publishes `event.verified` / `event.expired`.
+    pub async fn verify(
+        &self,
+        phone: &Phone,
+        code: &Code,
+    ) -> Result<VerifyOutcome, GeneratorError> {
+        let now = self.clock.now();
+        let (outcome, changed) = self.track(self.store.verify(phone, code, &self.key, now))?;
+        if changed {
+            // "Approved" must not come back after a crash: used means used.
+            self.track(self.store.flush().await)?;
+        }
+        metrics::counter!(names::VERIFICATIONS, "outcome" => outcome.label()).increment(1);
+        tracing::info!(phone = %phone, outcome = outcome.label(), "verification");
+        let event = match &outcome {
+            VerifyOutcome::Approved { request_id } => Some((EventKind::Verified, request_id, None)),
+            VerifyOutcome::Expired { request_id } => Some((EventKind::Expired, request_id, None)),
+            VerifyOutcome::MaxAttemptsReached { request_id } if changed => Some((
+                EventKind::Expired,
+                request_id,
+                Some("max_attempts_reached".to_owned()),
+            )),
+            _ => None,
+        };
+        if let Some((kind, request_id, error)) = event {
+            let mut event = Event::new(kind, Some(request_id.clone()), phone.e164(), now);
+            event.error = error;
+            let broker = self.broker.clone();
+            // Off the request path: the answer does not wait for the event.
+            tokio::spawn(async move {
+                if let Err(e) = broker
+                    .publish_to_exchange(&event.status.routing_key(), &event, false)
+                    .await
+                {
+                    tracing::warn!(error = %e, "could not publish a verification event");
+                }
+            });
+        }
+        Ok(outcome)
+    }
+
+    /// The status record of a request.
+    pub fn request(&self, request_id: &str) -> Result<Option<RequestRecord>, GeneratorError> {
+        Ok(self.track(self.store.request(request_id))?)
+    }
+
+    /// Publishes a validated request to the requests queue (for `POST /v1/otp`).
+    pub async fn submit(&self, raw: &RawRequest) -> Result<(), BrokerError> {
+        let properties: BasicProperties = crate::broker::json_properties()
+            .with_timestamp(self.clock.now().unix_timestamp() as u64);
+        let body = serde_json::to_vec(raw).expect("requests serialize");
+        let exchange = self.broker.topology().exchange.clone();
+        self.broker
+            .publish(&exchange, Topology::REQUEST_KEY, &body, properties, true)
+            .await
+    }
+}
+
+/// The requests queue's handler.
+pub struct RequestHandler(pub Arc<Generator>);
+
+impl Handler for RequestHandler {
+    fn handle(&self, message: Inbound) -> BoxFuture<'_, Disposition> {
+        Box::pin(self.0.process_request(message))
+    }
+}
+
+/// The status queue's handler.
+pub struct StatusHandler(pub Arc<Generator>);
+
+impl Handler for StatusHandler {
+    fn handle(&self, message: Inbound) -> BoxFuture<'_, Disposition> {
+        Box::pin(self.0.process_status(message))
+    }
+}

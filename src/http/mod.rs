@@ -1,0 +1,66 @@
+//! HTTP: the generator's API (`/v1/*`) and every process's operational routes
+//! (`/metrics`, `/healthz`, `/readyz`).
+
+mod auth;
+mod json;
+mod ops;
+mod otp;
+mod verify;
+
+pub use auth::ApiKeys;
+
+use crate::broker::Broker;
+use crate::generator::Generator;
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::routing::{get, post};
+use metrics_exporter_prometheus::PrometheusHandle;
+use std::sync::Arc;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+/// What the generator's routes share.
+#[derive(Clone)]
+pub struct ApiState {
+    /// Codes, requests, verification.
+    pub generator: Arc<Generator>,
+    /// Accepted bearer keys.
+    pub api_keys: Arc<ApiKeys>,
+}
+
+/// The generator process's router: `/v1/*` behind API keys, plus ops routes.
+pub fn api_router(state: ApiState, metrics: PrometheusHandle, max_body_bytes: usize) -> Router {
+    let broker = state.generator.broker().clone();
+    let v1 = Router::new()
+        .route("/v1/verify", post(verify::verify))
+        .route("/v1/otp", post(otp::create))
+        .route("/v1/otp/{request_id}", get(otp::status))
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.api_keys.clone(),
+            auth::require_api_key,
+        ))
+        .layer(DefaultBodyLimit::max(max_body_bytes))
+        .with_state(state.clone());
+    let generator = state.generator.clone();
+    v1.merge(ops::router(
+        broker,
+        metrics,
+        Some(Arc::new(move || generator.store_ok())),
+    ))
+}
+
+/// A sender process's router: ops routes only.
+pub fn ops_router(broker: Arc<Broker>, metrics: PrometheusHandle) -> Router {
+    ops::router(broker, metrics, None)
+}
+
+/// Serves `router` on `listener` until `shutdown`, then lets open requests finish.
+pub async fn serve(
+    listener: TcpListener,
+    router: Router,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
+    axum::serve(listener, router)
+        .with_graceful_shutdown(async move { shutdown.cancelled().await })
+        .await
+}

@@ -1,0 +1,67 @@
+//! `POST /v1/otp` (publish a request) and `GET /v1/otp/{request_id}` (its state).
+
+use crate::domain::RawRequest;
+use crate::domain::phone::mask;
+use crate::http::ApiState;
+use crate::http::json::{ApiError, ApiJson};
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+use time::format_description::well_known::Rfc3339;
+
+/// Validates the request as the generator will, publishes it with a confirm,
+/// and answers 202 once the broker has it.
+pub async fn create(
+    State(state): State<ApiState>,
+    ApiJson(raw): ApiJson<RawRequest>,
+) -> Result<Response, ApiError> {
+    let request_id = raw.request_id.clone();
+    if let Err(rejection) = state.generator.validate(raw.clone()) {
+        let body = json!({"error": rejection.detail, "reason": rejection.reason});
+        return Ok((StatusCode::BAD_REQUEST, axum::Json(body)).into_response());
+    }
+    state.generator.submit(&raw).await.map_err(|e| {
+        tracing::warn!(error = %e, "could not publish a request");
+        ApiError::unavailable("the broker did not take the request; try again")
+    })?;
+    Ok((
+        StatusCode::ACCEPTED,
+        axum::Json(json!({"request_id": request_id})),
+    )
+        .into_response())
+}
+
+fn rfc3339(t: time::OffsetDateTime) -> String {
+    t.format(&Rfc3339).expect("UTC times format")
+}
+
+/// The request's lifecycle: status, carrier and timestamps.
+pub async fn status(
+    State(state): State<ApiState>,
+    Path(request_id): Path<String>,
+) -> Result<Response, ApiError> {
+    let record = state.generator.request(&request_id).map_err(|e| {
+        tracing::error!(error = %e, "status lookup failed");
+        ApiError::unavailable("status is unavailable; try again")
+    })?;
+    let Some(r) = record else {
+        return Ok((
+            StatusCode::NOT_FOUND,
+            axum::Json(json!({"status": "not_found"})),
+        )
+            .into_response());
+    };
+    let body = json!({
+        "request_id": r.request_id,
+        "status": r.status,
+        "phone": mask(&r.phone),
+        "carrier": r.carrier,
+        "carrier_message_id": r.carrier_message_id,
+        "error": r.error,
+        "created_at": rfc3339(r.created_at),
+        "updated_at": rfc3339(r.updated_at),
+        "expires_at": rfc3339(r.expires_at),
+    });
+    Ok((StatusCode::OK, axum::Json(body)).into_response())
+}

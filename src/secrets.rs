@@ -1,0 +1,182 @@
+//! Server secrets kept beside the data: the HMAC key for code digests and the
+//! HTTP API keys. Either comes from configuration, or from a file in the data
+//! directory that is created (mode 0600) on first start.
+
+use crate::domain::DigestKey;
+use rand::RngCore;
+use std::fs::{self, OpenOptions};
+use std::io::Write;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+/// A secret could not be loaded or created.
+#[derive(Debug, thiserror::Error)]
+pub enum SecretError {
+    /// Reading or writing a secret file failed.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The failure.
+        source: std::io::Error,
+    },
+    /// A configured or stored secret is malformed.
+    #[error("{0}")]
+    Invalid(String),
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> SecretError + '_ {
+    move |source| SecretError::Io {
+        path: path.to_owned(),
+        source,
+    }
+}
+
+/// Creates the data directory (mode 0700) if needed.
+pub fn ensure_data_dir(dir: &Path) -> Result<(), SecretError> {
+    if !dir.exists() {
+        fs::create_dir_all(dir).map_err(io(dir))?;
+        fs::set_permissions(dir, fs::Permissions::from_mode(0o700)).map_err(io(dir))?;
+    }
+    Ok(())
+}
+
+/// Writes `contents` to a new file readable by its owner only.
+fn create_private(path: &Path, contents: &str) -> Result<(), SecretError> {
+    let mut file = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(io(path))?;
+    file.write_all(contents.as_bytes())
+        .and_then(|()| file.sync_all())
+        .map_err(io(path))
+}
+
+fn random_hex(bytes: usize) -> String {
+    let mut buf = vec![0u8; bytes];
+    rand::rng().fill_bytes(&mut buf);
+    hex::encode(buf)
+}
+
+fn warn_if_shared(path: &Path) {
+    if let Ok(meta) = fs::metadata(path)
+        && meta.permissions().mode() & 0o077 != 0
+    {
+        tracing::warn!(path = %path.display(), "secret file is readable by group or others; chmod 600 it");
+    }
+}
+
+/// The digest key: `configured` (hex) if set, else `<data_dir>/hmac.key`.
+pub fn hmac_key(configured: Option<&str>, data_dir: &Path) -> Result<DigestKey, SecretError> {
+    let (hex_key, source) = match configured {
+        Some(k) => (k.trim().to_owned(), "store.hmac_key".to_owned()),
+        None => {
+            let path = data_dir.join("hmac.key");
+            if !path.exists() {
+                create_private(&path, &random_hex(32))?;
+                tracing::info!(path = %path.display(), "created a new HMAC key");
+            }
+            warn_if_shared(&path);
+            (
+                fs::read_to_string(&path)
+                    .map_err(io(&path))?
+                    .trim()
+                    .to_owned(),
+                path.display().to_string(),
+            )
+        }
+    };
+    let bytes = hex::decode(&hex_key)
+        .map_err(|e| SecretError::Invalid(format!("{source}: not hex: {e}")))?;
+    DigestKey::new(bytes).map_err(|e| SecretError::Invalid(format!("{source}: {e}")))
+}
+
+/// Shortest API key accepted.
+pub const MIN_API_KEY_LEN: usize = 16;
+
+/// API keys: `configured` if not empty, else the lines of `<data_dir>/api_keys`.
+/// If that file does not exist it is created with one random key, which is
+/// returned as the second value so the caller can show it once.
+pub fn api_keys(
+    configured: &[String],
+    data_dir: &Path,
+) -> Result<(Vec<String>, Option<String>), SecretError> {
+    let mut created = None;
+    let keys: Vec<String> = if configured.is_empty() {
+        let path = data_dir.join("api_keys");
+        if !path.exists() {
+            let key = format!("otpk_{}", random_hex(24));
+            create_private(
+                &path,
+                &format!("# otp-pipeline API keys, one per line\n{key}\n"),
+            )?;
+            created = Some(key);
+        }
+        warn_if_shared(&path);
+        fs::read_to_string(&path)
+            .map_err(io(&path))?
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty() && !l.starts_with('#'))
+            .map(str::to_owned)
+            .collect()
+    } else {
+        configured.iter().map(|k| k.trim().to_owned()).collect()
+    };
+    if keys.is_empty() {
+        return Err(SecretError::Invalid(
+            "no API key configured: the HTTP API would be closed to everyone".into(),
+        ));
+    }
+    if let Some(short) = keys.iter().find(|k| k.len() < MIN_API_KEY_LEN) {
+        return Err(SecretError::Invalid(format!(
+            "API keys must be at least {MIN_API_KEY_LEN} characters (one has {})",
+            short.len()
+        )));
+    }
+    Ok((keys, created))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hmac_key_is_created_once_with_owner_only_permissions() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = hmac_key(None, dir.path()).unwrap();
+        let b = hmac_key(None, dir.path()).unwrap();
+        assert_eq!(a.id(), b.id());
+        let mode = fs::metadata(dir.path().join("hmac.key"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+
+    #[test]
+    fn configured_hmac_key_must_be_long_hex() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(hmac_key(Some("abcd"), dir.path()).is_err());
+        assert!(hmac_key(Some("zz"), dir.path()).is_err());
+        assert!(hmac_key(Some(&"ab".repeat(32)), dir.path()).is_ok());
+    }
+
+    #[test]
+    fn api_key_file_is_created_with_one_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let (keys, created) = api_keys(&[], dir.path()).unwrap();
+        assert_eq!(keys.len(), 1);
+        assert_eq!(created.as_deref(), Some(keys[0].as_str()));
+        let (again, created) = api_keys(&[], dir.path()).unwrap();
+        assert_eq!((again, created), (keys, None));
+    }
+
+    #[test]
+    fn short_api_keys_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(api_keys(&["short".into()], dir.path()).is_err());
+    }
+}

@@ -1,0 +1,567 @@
+//! The generator's state in sled: the live code per phone number (as a keyed
+//! digest) and the lifecycle of every request, updated in transactions.
+//!
+//! Only the generator process opens the store (sled is single-process).
+
+use crate::domain::{
+    Code, CodeRecord, DigestKey, EventKind, Phone, RequestStatus, Transition, ValidRequest,
+    VerifyOutcome, decide,
+};
+use serde::{Deserialize, Serialize};
+use sled::transaction::{ConflictableTransactionError, TransactionError, TransactionalTree};
+use sled::{Transactional, Tree};
+use std::path::Path;
+use time::OffsetDateTime;
+
+/// A store failure.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// sled itself failed (I/O, corruption, lock held by another process).
+    #[error("sled: {0}")]
+    Sled(#[from] sled::Error),
+    /// A stored value did not decode.
+    #[error("corrupt record under {0}")]
+    Corrupt(String),
+}
+
+/// Everything known about one request, for `GET /v1/otp/{request_id}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RequestRecord {
+    /// The producer's request id.
+    pub request_id: String,
+    /// Recipient, E.164 (returned masked).
+    pub phone: String,
+    /// Where the request is in its lifecycle.
+    pub status: RequestStatus,
+    /// Template used.
+    pub template: String,
+    /// Locale used.
+    pub locale: String,
+    /// Digits in the code.
+    pub code_length: u8,
+    /// Lifetime asked for, seconds.
+    pub ttl_secs: i64,
+    /// True once the delivery is confirmed by the broker.
+    pub delivery_queued: bool,
+    /// When the code was issued.
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: OffsetDateTime,
+    /// When the code expires.
+    #[serde(with = "time::serde::rfc3339")]
+    pub expires_at: OffsetDateTime,
+    /// When anything last changed.
+    #[serde(with = "time::serde::rfc3339")]
+    pub updated_at: OffsetDateTime,
+    /// Carrier that took the SMS.
+    pub carrier: Option<String>,
+    /// The carrier's message id.
+    pub carrier_message_id: Option<String>,
+    /// Last error (failed delivery, replaced code, locked code).
+    pub error: Option<String>,
+}
+
+/// What [`Store::issue`] found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum IssueOutcome {
+    /// A new code is stored (replacing any older code for the number).
+    Issued,
+    /// This request id was already handled and its delivery queued: do nothing.
+    Duplicate(Box<RequestRecord>),
+    /// This request id was used before with another phone or other parameters.
+    Conflict,
+}
+
+/// The sled database with its two trees.
+#[derive(Clone)]
+pub struct Store {
+    db: sled::Db,
+    codes: Tree,
+    requests: Tree,
+}
+
+type TxResult<T> = Result<T, ConflictableTransactionError<StoreError>>;
+
+fn decode<T: for<'de> Deserialize<'de>>(key: &[u8], bytes: &[u8]) -> Result<T, StoreError> {
+    serde_json::from_slice(bytes)
+        .map_err(|_| StoreError::Corrupt(String::from_utf8_lossy(key).into_owned()))
+}
+
+fn encode<T: Serialize>(value: &T) -> Vec<u8> {
+    serde_json::to_vec(value).expect("records always serialize")
+}
+
+fn tx_get<T: for<'de> Deserialize<'de>>(
+    tree: &TransactionalTree,
+    key: &[u8],
+) -> TxResult<Option<T>> {
+    match tree.get(key)? {
+        None => Ok(None),
+        Some(bytes) => decode(key, &bytes)
+            .map(Some)
+            .map_err(ConflictableTransactionError::Abort),
+    }
+}
+
+fn unwrap_tx<T>(result: Result<T, TransactionError<StoreError>>) -> Result<T, StoreError> {
+    result.map_err(|e| match e {
+        TransactionError::Abort(e) => e,
+        TransactionError::Storage(e) => StoreError::Sled(e),
+    })
+}
+
+/// A digest no code matches: verifying against it when a number has no code
+/// costs the same HMAC as a real check (no timing oracle).
+fn dummy_record() -> CodeRecord {
+    CodeRecord {
+        request_id: String::new(),
+        digest: crate::domain::CodeDigest::try_from("00".repeat(32)).expect("valid hex"),
+        key_id: String::new(),
+        expires_at: OffsetDateTime::UNIX_EPOCH,
+        attempts_left: 0,
+    }
+}
+
+impl Store {
+    /// Opens (or creates) the database under `dir`.
+    pub fn open(dir: &Path) -> Result<Self, StoreError> {
+        let db = sled::Config::new().path(dir.join("sled")).open()?;
+        let codes = db.open_tree("codes")?;
+        let requests = db.open_tree("requests")?;
+        Ok(Self {
+            db,
+            codes,
+            requests,
+        })
+    }
+
+    /// Makes every change so far durable. Concurrent callers share one fsync
+    /// (sled coalesces flushes), which is the group commit.
+    pub async fn flush(&self) -> Result<(), StoreError> {
+        self.db.flush_async().await?;
+        Ok(())
+    }
+
+    /// Stores `record` as the live code for `request.phone`, idempotently on
+    /// the request id. A code of another request for the same number dies.
+    ///
+    /// A request seen before whose delivery was never confirmed (the process
+    /// died in between) is issued again with the new code, which replaces the
+    /// unconfirmed one: the user never holds two valid codes.
+    pub fn issue(
+        &self,
+        request: &ValidRequest,
+        record: &CodeRecord,
+        now: OffsetDateTime,
+    ) -> Result<IssueOutcome, StoreError> {
+        let phone = request.phone.e164().as_bytes();
+        let id = request.request_id.as_bytes();
+        let fresh = RequestRecord {
+            request_id: request.request_id.clone(),
+            phone: request.phone.e164().to_owned(),
+            status: RequestStatus::Pending,
+            template: request.template.clone(),
+            locale: request.locale.clone(),
+            code_length: request.code_length.get(),
+            ttl_secs: request.ttl.whole_seconds(),
+            delivery_queued: false,
+            created_at: now,
+            expires_at: record.expires_at,
+            updated_at: now,
+            carrier: None,
+            carrier_message_id: None,
+            error: None,
+        };
+        unwrap_tx(
+            (&self.codes, &self.requests).transaction(|(codes, requests)| {
+                if let Some(existing) = tx_get::<RequestRecord>(requests, id)? {
+                    let same = existing.phone == fresh.phone
+                        && existing.template == fresh.template
+                        && existing.locale == fresh.locale
+                        && existing.code_length == fresh.code_length
+                        && existing.ttl_secs == fresh.ttl_secs;
+                    if !same {
+                        return Ok(IssueOutcome::Conflict);
+                    }
+                    if existing.delivery_queued || existing.status != RequestStatus::Pending {
+                        return Ok(IssueOutcome::Duplicate(Box::new(existing)));
+                    }
+                }
+                if let Some(old) = tx_get::<CodeRecord>(codes, phone)?
+                    && old.request_id != fresh.request_id
+                {
+                    let old_id = old.request_id.as_bytes();
+                    if let Some(mut old_req) = tx_get::<RequestRecord>(requests, old_id)?
+                        && old_req.status.can_become(RequestStatus::Expired)
+                    {
+                        old_req.status = RequestStatus::Expired;
+                        old_req.error = Some(format!("superseded by {}", fresh.request_id));
+                        old_req.updated_at = now;
+                        requests.insert(old_id, encode(&old_req))?;
+                    }
+                }
+                codes.insert(phone, encode(record))?;
+                requests.insert(id, encode(&fresh))?;
+                Ok(IssueOutcome::Issued)
+            }),
+        )
+    }
+
+    /// Records that the delivery of `request_id` is confirmed by the broker.
+    pub fn mark_queued(&self, request_id: &str) -> Result<(), StoreError> {
+        self.update_request(request_id, |r| r.delivery_queued = true)
+            .map(|_| ())
+    }
+
+    fn update_request(
+        &self,
+        request_id: &str,
+        mut change: impl FnMut(&mut RequestRecord),
+    ) -> Result<Option<RequestRecord>, StoreError> {
+        let key = request_id.as_bytes();
+        let mut failure = None;
+        let updated = self.requests.update_and_fetch(key, |old| {
+            let bytes = old?;
+            match decode::<RequestRecord>(key, bytes) {
+                Ok(mut r) => {
+                    change(&mut r);
+                    Some(encode(&r))
+                }
+                Err(e) => {
+                    failure = Some(e);
+                    Some(bytes.to_vec())
+                }
+            }
+        })?;
+        if let Some(e) = failure {
+            return Err(e);
+        }
+        updated.map(|b| decode(key, &b)).transpose()
+    }
+
+    /// Checks `code` for `phone`, applying expiry, attempt limits and single
+    /// use atomically: of many concurrent right guesses exactly one is approved.
+    pub fn verify(
+        &self,
+        phone: &Phone,
+        code: &Code,
+        key: &DigestKey,
+        now: OffsetDateTime,
+    ) -> Result<(VerifyOutcome, bool), StoreError> {
+        let phone_key = phone.e164().as_bytes();
+        let dummy = dummy_record();
+        unwrap_tx(
+            (&self.codes, &self.requests).transaction(|(codes, requests)| {
+                let record = tx_get::<CodeRecord>(codes, phone_key)?;
+                let against = record.as_ref().unwrap_or(&dummy);
+                let matched = key.matches(phone, &against.request_id, code, &against.digest)
+                    && record.is_some();
+                let (outcome, transition) = decide(record.as_ref(), matched, now);
+                let changed = transition != Transition::Keep;
+                match transition {
+                    Transition::Keep => {}
+                    Transition::Remove => {
+                        codes.remove(phone_key)?;
+                    }
+                    Transition::Replace(next) => {
+                        codes.insert(phone_key, encode(&next))?;
+                    }
+                }
+                let status = match &outcome {
+                    VerifyOutcome::Approved { request_id } => {
+                        Some((request_id, RequestStatus::Verified, None))
+                    }
+                    VerifyOutcome::Expired { request_id } => {
+                        Some((request_id, RequestStatus::Expired, None))
+                    }
+                    VerifyOutcome::MaxAttemptsReached { request_id } if changed => Some((
+                        request_id,
+                        RequestStatus::Expired,
+                        Some("max_attempts_reached".to_owned()),
+                    )),
+                    _ => None,
+                };
+                if let Some((request_id, status, error)) = status
+                    && let Some(mut r) = tx_get::<RequestRecord>(requests, request_id.as_bytes())?
+                    && r.status.can_become(status)
+                {
+                    r.status = status;
+                    r.error = error.or(r.error);
+                    r.updated_at = now;
+                    requests.insert(request_id.as_bytes(), encode(&r))?;
+                }
+                Ok((outcome, changed))
+            }),
+        )
+    }
+
+    /// Applies a sender's status event to the request's record. Returns false
+    /// if the request is unknown or already in a later state.
+    pub fn apply_event(
+        &self,
+        request_id: &str,
+        kind: EventKind,
+        carrier: Option<&str>,
+        carrier_message_id: Option<&str>,
+        error: Option<&str>,
+        at: OffsetDateTime,
+    ) -> Result<bool, StoreError> {
+        let Some(next) = kind.request_status() else {
+            return Ok(false);
+        };
+        let mut applied = false;
+        self.update_request(request_id, |r| {
+            applied = false;
+            if r.status.can_become(next) {
+                r.status = next;
+                r.carrier = carrier.map(str::to_owned).or(r.carrier.take());
+                r.carrier_message_id = carrier_message_id
+                    .map(str::to_owned)
+                    .or(r.carrier_message_id.take());
+                r.error = error.map(str::to_owned).or(r.error.take());
+                r.updated_at = at;
+                applied = true;
+            }
+        })?;
+        Ok(applied)
+    }
+
+    /// The record of `request_id`, if any.
+    pub fn request(&self, request_id: &str) -> Result<Option<RequestRecord>, StoreError> {
+        let key = request_id.as_bytes();
+        self.requests.get(key)?.map(|b| decode(key, &b)).transpose()
+    }
+
+    /// Keys in both trees (for tests and capacity checks).
+    pub fn len(&self) -> usize {
+        self.codes.len() + self.requests.len()
+    }
+
+    /// Whether both trees are empty.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::{Limits, RawRequest, Templates};
+    use time::Duration;
+
+    fn setup() -> (tempfile::TempDir, Store, DigestKey) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        (dir, store, DigestKey::new(vec![9; 32]).unwrap())
+    }
+
+    fn request(id: &str) -> ValidRequest {
+        RawRequest {
+            request_id: id.into(),
+            phone: "+14155550123".into(),
+            ..Default::default()
+        }
+        .validate(&Limits::default(), &Templates::default())
+        .unwrap()
+    }
+
+    fn record(key: &DigestKey, req: &ValidRequest, code: &str, now: OffsetDateTime) -> CodeRecord {
+        CodeRecord {
+            request_id: req.request_id.clone(),
+            digest: key.digest(&req.phone, &req.request_id, &Code::parse(code).unwrap()),
+            key_id: key.id().into(),
+            expires_at: now + req.ttl,
+            attempts_left: 5,
+        }
+    }
+
+    #[test]
+    fn issue_is_idempotent_once_queued() {
+        let (_d, store, key) = setup();
+        let now = OffsetDateTime::now_utc();
+        let req = request("r1");
+        assert_eq!(
+            store
+                .issue(&req, &record(&key, &req, "111111", now), now)
+                .unwrap(),
+            IssueOutcome::Issued
+        );
+        // Not yet queued (as after a crash): issued again, replacing the code.
+        assert_eq!(
+            store
+                .issue(&req, &record(&key, &req, "222222", now), now)
+                .unwrap(),
+            IssueOutcome::Issued
+        );
+        store.mark_queued("r1").unwrap();
+        assert!(matches!(
+            store
+                .issue(&req, &record(&key, &req, "333333", now), now)
+                .unwrap(),
+            IssueOutcome::Duplicate(_)
+        ));
+        let code = Code::parse("222222").unwrap();
+        let (outcome, _) = store.verify(&req.phone, &code, &key, now).unwrap();
+        assert_eq!(outcome.label(), "approved");
+        assert_eq!(
+            store.request("r1").unwrap().unwrap().status,
+            RequestStatus::Verified
+        );
+    }
+
+    #[test]
+    fn a_reused_id_with_other_parameters_conflicts() {
+        let (_d, store, key) = setup();
+        let now = OffsetDateTime::now_utc();
+        let req = request("r1");
+        store
+            .issue(&req, &record(&key, &req, "111111", now), now)
+            .unwrap();
+        let mut other = req.clone();
+        other.phone = Phone::parse("+447911123456").unwrap();
+        assert_eq!(
+            store
+                .issue(&other, &record(&key, &other, "111111", now), now)
+                .unwrap(),
+            IssueOutcome::Conflict
+        );
+    }
+
+    #[test]
+    fn a_newer_code_replaces_the_older_one() {
+        let (_d, store, key) = setup();
+        let now = OffsetDateTime::now_utc();
+        let (a, b) = (request("a"), request("b"));
+        store
+            .issue(&a, &record(&key, &a, "111111", now), now)
+            .unwrap();
+        store
+            .issue(&b, &record(&key, &b, "222222", now), now)
+            .unwrap();
+        let old = Code::parse("111111").unwrap();
+        assert_eq!(
+            store.verify(&a.phone, &old, &key, now).unwrap().0.label(),
+            "invalid_code"
+        );
+        assert_eq!(
+            store.request("a").unwrap().unwrap().status,
+            RequestStatus::Expired
+        );
+        let new = Code::parse("222222").unwrap();
+        assert_eq!(
+            store.verify(&b.phone, &new, &key, now).unwrap().0.label(),
+            "approved"
+        );
+        assert_eq!(
+            store.verify(&b.phone, &new, &key, now).unwrap().0.label(),
+            "not_found"
+        );
+    }
+
+    #[test]
+    fn expired_codes_answer_expired_once_then_not_found() {
+        let (_d, store, key) = setup();
+        let now = OffsetDateTime::now_utc();
+        let req = request("r1");
+        store
+            .issue(&req, &record(&key, &req, "111111", now), now)
+            .unwrap();
+        let later = now + Duration::minutes(6);
+        let code = Code::parse("111111").unwrap();
+        assert_eq!(
+            store
+                .verify(&req.phone, &code, &key, later)
+                .unwrap()
+                .0
+                .label(),
+            "expired"
+        );
+        assert_eq!(
+            store.request("r1").unwrap().unwrap().status,
+            RequestStatus::Expired
+        );
+        assert_eq!(
+            store
+                .verify(&req.phone, &code, &key, later)
+                .unwrap()
+                .0
+                .label(),
+            "not_found"
+        );
+    }
+
+    #[test]
+    fn sender_events_move_the_status_forward_only() {
+        let (_d, store, key) = setup();
+        let now = OffsetDateTime::now_utc();
+        let req = request("r1");
+        store
+            .issue(&req, &record(&key, &req, "111111", now), now)
+            .unwrap();
+        assert!(
+            store
+                .apply_event(
+                    "r1",
+                    EventKind::Sent,
+                    Some("webhook"),
+                    Some("m1"),
+                    None,
+                    now
+                )
+                .unwrap()
+        );
+        assert!(
+            store
+                .apply_event("r1", EventKind::Delivered, None, None, None, now)
+                .unwrap()
+        );
+        assert!(
+            !store
+                .apply_event("r1", EventKind::Sent, Some("webhook"), None, None, now)
+                .unwrap()
+        );
+        let r = store.request("r1").unwrap().unwrap();
+        assert_eq!(
+            (
+                r.status,
+                r.carrier.as_deref(),
+                r.carrier_message_id.as_deref()
+            ),
+            (RequestStatus::Delivered, Some("webhook"), Some("m1"))
+        );
+        assert!(
+            !store
+                .apply_event("nope", EventKind::Sent, None, None, None, now)
+                .unwrap()
+        );
+    }
+
+    #[test]
+    fn nothing_plaintext_is_stored() {
+        let (dir, store, key) = setup();
+        let now = OffsetDateTime::now_utc();
+        let req = request("r1");
+        store
+            .issue(&req, &record(&key, &req, "864209", now), now)
+            .unwrap();
+        drop(store);
+        let mut found = false;
+        for entry in walk(dir.path()) {
+            let bytes = std::fs::read(&entry).unwrap();
+            found |= bytes.windows(6).any(|w| w == b"864209");
+        }
+        assert!(!found, "the plaintext code is in the sled files");
+    }
+
+    fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
+        let mut out = Vec::new();
+        for e in std::fs::read_dir(dir).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                out.extend(walk(&p))
+            } else {
+                out.push(p)
+            }
+        }
+        out
+    }
+}

@@ -1,0 +1,22 @@
+//! `otp-pipeline all-in-one`: generator, one sender and the HTTP API in one process.
+
+use otp_pipeline::app::{GeneratorApp, SenderApp, shutdown_on_signals};
+use otp_pipeline::config::Config;
+use otp_pipeline::domain::SystemClock;
+use std::sync::Arc;
+
+/// Runs both workers until a signal; the sender's metrics appear on the API's `/metrics`.
+pub async fn run(config: Config) -> anyhow::Result<()> {
+    let generator = GeneratorApp::build(&config, Arc::new(SystemClock)).await?;
+    let sender = SenderApp::build(&config, Arc::new(SystemClock), false).await?;
+    crate::generator::announce(&generator);
+    eprintln!(
+        "Carrier: {} — SMS appear below. Ctrl-C stops.",
+        config.sender.carrier
+    );
+    let shutdown = shutdown_on_signals();
+    let (g, s) = tokio::join!(generator.run(shutdown.clone()), sender.run(shutdown));
+    g?;
+    s?;
+    Ok(())
+}
