@@ -313,6 +313,7 @@ mod tests {
     }
 
     #[test]
+    #[allow(clippy::result_large_err)] // figment's Jail API
     fn environment_overrides_the_file() {
         figment::Jail::expect_with(|jail| {
             jail.create_file(
@@ -328,6 +329,7 @@ mod tests {
     }
 
     #[test]
+    #[allow(clippy::result_large_err)] // figment's Jail API
     fn unknown_keys_and_bad_ranges_are_errors() {
         figment::Jail::expect_with(|jail| {
             jail.create_file("typo.toml", "[broker]\nprefetchh = 3\n")?;

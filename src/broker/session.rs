@@ -89,6 +89,10 @@ impl Broker {
     fn set_publisher(&self, channel: Option<Channel>) {
         let up = channel.is_some();
         *self.publisher.write().expect("publisher lock") = channel;
+        self.set_connected(up);
+    }
+
+    fn set_connected(&self, up: bool) {
         self.connected.store(up, Ordering::SeqCst);
         metrics::gauge!(names::BROKER_CONNECTED).set(if up { 1.0 } else { 0.0 });
         self.connected_notify.notify_waiters();
@@ -214,6 +218,7 @@ impl Broker {
             }
             connected_before = true;
             delays = backoff();
+            let watcher = tokio::spawn(self.clone().watch(connection.events_listener()));
             let tracker = TaskTracker::new();
             let result = self
                 .clone()
@@ -222,6 +227,7 @@ impl Broker {
             // In-flight messages settle on this connection before it goes.
             tracker.close();
             tracker.wait().await;
+            watcher.abort();
             self.set_publisher(None);
             let _ = connection.close(200, "bye".into()).await;
             match result {
@@ -230,6 +236,31 @@ impl Broker {
             }
         }
         self.set_publisher(None);
+    }
+
+    /// Follows lapin's own recovery: readiness drops while the connection is
+    /// down and each recovery counts as a reconnect.
+    async fn watch(
+        self: Arc<Self>,
+        mut events: impl futures_lite::Stream<Item = lapin::Event> + Unpin,
+    ) {
+        while let Some(event) = events.next().await {
+            match event {
+                lapin::Event::Connected => {
+                    metrics::counter!(names::BROKER_RECONNECTS).increment(1);
+                    tracing::info!("RabbitMQ connection recovered");
+                    self.set_connected(true);
+                }
+                lapin::Event::Error(e) => {
+                    tracing::warn!(error = %e, "RabbitMQ connection error; recovering");
+                    self.set_connected(false);
+                }
+                lapin::Event::ConnectionBlocked(reason) => {
+                    tracing::warn!(%reason, "RabbitMQ blocked this connection")
+                }
+                _ => {}
+            }
+        }
     }
 
     async fn consume_all(
@@ -298,7 +329,6 @@ impl Broker {
                 Some(Err(e)) => {
                     // lapin's own recovery first; if it cannot, the supervisor reconnects.
                     channel.wait_for_recovery(e).await?;
-                    metrics::counter!(names::BROKER_RECONNECTS).increment(1);
                     tracing::info!("RabbitMQ channel recovered");
                 }
                 Some(Ok(delivery)) => {

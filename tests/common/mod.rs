@@ -1,0 +1,457 @@
+//! Test harness: each test gets its own queue prefix, its own temp dir for
+//! sled, a loopback fake carrier (wiremock) and the real RabbitMQ.
+#![allow(dead_code)]
+
+use futures_lite::StreamExt;
+use lapin::options::{
+    BasicConsumeOptions, BasicGetOptions, ExchangeDeleteOptions, QueueBindOptions,
+    QueueDeclareOptions, QueueDeleteOptions,
+};
+use lapin::types::{AMQPValue, FieldTable};
+use lapin::{Connection, ConnectionProperties};
+use otp_pipeline::app::{GeneratorApp, SenderApp};
+use otp_pipeline::broker::Topology;
+use otp_pipeline::client;
+use otp_pipeline::config::Config;
+use otp_pipeline::domain::{Clock, Event, ManualClock, RawRequest, Reply};
+use serde_json::{Value, json};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use wiremock::matchers::{method, path};
+use wiremock::{Mock, MockServer, ResponseTemplate};
+
+pub const API_KEY: &str = "test-key-0123456789abcdef";
+pub const PHONE: &str = "+14155550123";
+const WAIT: Duration = Duration::from_secs(15);
+
+/// The AMQP URL tests use (`OTP_TEST_AMQP_URL` overrides).
+pub fn amqp_url() -> String {
+    std::env::var("OTP_TEST_AMQP_URL")
+        .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
+}
+
+/// Fails the test loudly (never skips it) when RabbitMQ is not reachable.
+pub async fn require_rabbitmq() {
+    if let Err(e) = Connection::connect(&amqp_url(), ConnectionProperties::default()).await {
+        panic!(
+            "RabbitMQ is not reachable at {} ({e}). Start it with `rabbitmq-server -detached` \
+             (then `rabbitmqctl await_startup`), or point OTP_TEST_AMQP_URL at one.",
+            amqp_url()
+        );
+    }
+}
+
+/// A running pipeline under a private prefix.
+pub struct TestEnv {
+    pub prefix: String,
+    pub config: Config,
+    pub carrier: MockServer,
+    pub clock: ManualClock,
+    pub sender_clock: ManualClock,
+    pub http: reqwest::Client,
+    pub addr: SocketAddr,
+    pub topology: Topology,
+    dir: tempfile::TempDir,
+    generator: Option<(CancellationToken, JoinHandle<()>)>,
+    sender: Option<(CancellationToken, JoinHandle<()>)>,
+}
+
+impl TestEnv {
+    /// Starts a generator and a webhook sender whose fake carrier accepts every SMS.
+    pub async fn start() -> Self {
+        let env = Self::start_bare().await;
+        env.accept_sms().await;
+        env
+    }
+
+    /// Starts a generator and a webhook sender; the fake carrier has no mocks
+    /// yet (it answers 404) until the test mounts some.
+    pub async fn start_bare() -> Self {
+        require_rabbitmq().await;
+        let carrier = MockServer::start().await;
+        let prefix = format!("t-{}.", &uuid::Uuid::new_v4().simple().to_string()[..12]);
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = Config::default();
+        config.broker.url = amqp_url();
+        config.broker.prefix = prefix.clone();
+        config.broker.queue_expires_ms = Some(300_000);
+        config.store.data_dir = dir.path().join("data");
+        config.http.listen = "127.0.0.1:0".parse().unwrap();
+        config.http.api_keys = vec![API_KEY.into()];
+        config.sender.carrier = "webhook".into();
+        config.sender.retry.min_delay_ms = 10;
+        config.sender.retry.max_delay_ms = 50;
+        config.carriers.webhook.url = format!("{}/sms", carrier.uri());
+        config.carriers.webhook.token = Some("carrier-token".into());
+        let topology = Topology::new(&prefix, None);
+        let mut env = Self {
+            prefix,
+            config,
+            carrier,
+            clock: ManualClock::new(),
+            sender_clock: ManualClock::new(),
+            http: reqwest::Client::new(),
+            addr: "127.0.0.1:0".parse().unwrap(),
+            topology,
+            dir,
+            generator: None,
+            sender: None,
+        };
+        env.start_generator().await;
+        env.start_sender().await;
+        env
+    }
+
+    /// Mounts `mock` on the fake carrier; mocks win over `accept_sms` by priority.
+    pub async fn mount(&self, mock: Mock) {
+        mock.mount(&self.carrier).await;
+    }
+
+    /// The fake carrier answers 200 with a message id (lowest priority).
+    pub async fn accept_sms(&self) {
+        Mock::given(method("POST"))
+            .and(path("/sms"))
+            .respond_with(ResponseTemplate::new(200).set_body_json(json!({"id": "carrier-msg-1"})))
+            .with_priority(10)
+            .mount(&self.carrier)
+            .await;
+    }
+
+    pub async fn start_generator(&mut self) {
+        let clock: Arc<dyn Clock> = Arc::new(self.clock.clone());
+        let app = GeneratorApp::build(&self.config, clock)
+            .await
+            .expect("generator builds");
+        self.addr = app.local_addr();
+        let broker = app.broker();
+        let token = CancellationToken::new();
+        let handle = tokio::spawn({
+            let token = token.clone();
+            async move { app.run(token).await.expect("generator runs") }
+        });
+        assert!(
+            broker.wait_connected(WAIT).await,
+            "generator did not connect to RabbitMQ"
+        );
+        self.generator = Some((token, handle));
+    }
+
+    pub async fn stop_generator(&mut self) {
+        if let Some((token, handle)) = self.generator.take() {
+            token.cancel();
+            handle.await.unwrap();
+        }
+    }
+
+    pub async fn start_sender(&mut self) {
+        let clock: Arc<dyn Clock> = Arc::new(self.sender_clock.clone());
+        let app = SenderApp::build(&self.config, clock, false)
+            .await
+            .expect("sender builds");
+        let broker = app.broker();
+        let token = CancellationToken::new();
+        let handle = tokio::spawn({
+            let token = token.clone();
+            async move { app.run(token).await.expect("sender runs") }
+        });
+        assert!(
+            broker.wait_connected(WAIT).await,
+            "sender did not connect to RabbitMQ"
+        );
+        self.sender = Some((token, handle));
+    }
+
+    pub fn request(&self, request_id: &str) -> RawRequest {
+        RawRequest {
+            request_id: request_id.into(),
+            phone: PHONE.into(),
+            ..Default::default()
+        }
+    }
+
+    /// Publishes like a producer and waits for the reply.
+    pub async fn publish(&self, request: &RawRequest) -> Reply {
+        client::publish(&self.config.broker.url, &self.topology, request, Some(WAIT))
+            .await
+            .expect("publish")
+            .expect("a reply")
+    }
+
+    /// Publishes raw bytes without waiting for a reply.
+    pub async fn publish_bytes(&self, body: &[u8]) {
+        client::publish_bytes(&self.config.broker.url, &self.topology, body, None)
+            .await
+            .expect("publish");
+    }
+
+    pub fn url(&self, route: &str) -> String {
+        format!("http://{}{route}", self.addr)
+    }
+
+    /// `POST /v1/verify`, returning status and JSON body.
+    pub async fn verify(&self, phone: &str, code: &str) -> (u16, Value) {
+        self.post("/v1/verify", json!({"phone": phone, "code": code}))
+            .await
+    }
+
+    pub async fn post(&self, route: &str, body: Value) -> (u16, Value) {
+        let r = self
+            .http
+            .post(self.url(route))
+            .bearer_auth(API_KEY)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        let status = r.status().as_u16();
+        (status, r.json().await.unwrap_or(Value::Null))
+    }
+
+    pub async fn get(&self, route: &str) -> (u16, Value) {
+        let r = self
+            .http
+            .get(self.url(route))
+            .bearer_auth(API_KEY)
+            .send()
+            .await
+            .unwrap();
+        let status = r.status().as_u16();
+        (status, r.json().await.unwrap_or(Value::Null))
+    }
+
+    /// SMS bodies the fake carrier accepted (2xx answers only are not
+    /// distinguished here: every POST it received).
+    pub async fn carrier_posts(&self) -> Vec<Value> {
+        self.carrier
+            .received_requests()
+            .await
+            .unwrap_or_default()
+            .iter()
+            .map(|r| serde_json::from_slice(&r.body).unwrap())
+            .collect()
+    }
+
+    /// Waits until the carrier has received at least `n` POSTs.
+    pub async fn wait_posts(&self, n: usize) -> Vec<Value> {
+        let posts = eventually(|| async {
+            let posts = self.carrier_posts().await;
+            (posts.len() >= n).then_some(posts)
+        })
+        .await;
+        posts.unwrap_or_else(|| panic!("the carrier did not receive {n} SMS"))
+    }
+
+    /// Waits for the SMS of `request_id` and returns its code.
+    pub async fn code_for(&self, request_id: &str) -> String {
+        let found = eventually(|| async {
+            self.carrier_posts()
+                .await
+                .into_iter()
+                .find(|p| p["request_id"] == request_id)
+                .map(|p| code_in(p["text"].as_str().unwrap()))
+        })
+        .await;
+        found.unwrap_or_else(|| panic!("no SMS for {request_id}"))
+    }
+
+    /// A queue bound to every event of this prefix.
+    pub async fn event_tap(&self) -> EventTap {
+        let connection =
+            Connection::connect(&self.config.broker.url, ConnectionProperties::default())
+                .await
+                .unwrap();
+        let channel = connection.create_channel().await.unwrap();
+        let queue = channel
+            .queue_declare(
+                "".into(),
+                QueueDeclareOptions {
+                    exclusive: true,
+                    auto_delete: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .unwrap();
+        channel
+            .queue_bind(
+                queue.name().clone(),
+                self.topology.exchange.as_str().into(),
+                "event.#".into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .unwrap();
+        let consumer = channel
+            .basic_consume(
+                queue.name().clone(),
+                "tap".into(),
+                BasicConsumeOptions {
+                    no_ack: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .unwrap();
+        EventTap {
+            _connection: connection,
+            consumer,
+            seen: Vec::new(),
+        }
+    }
+
+    /// Takes every message now in the dead-letter queue: (body, x-otp-error, x-otp-reason).
+    pub async fn dead_letters(&self) -> Vec<(Vec<u8>, String, String)> {
+        let connection =
+            Connection::connect(&self.config.broker.url, ConnectionProperties::default())
+                .await
+                .unwrap();
+        let channel = connection.create_channel().await.unwrap();
+        let mut out = Vec::new();
+        while let Some(m) = channel
+            .basic_get(
+                self.topology.dead.as_str().into(),
+                BasicGetOptions { no_ack: true },
+            )
+            .await
+            .unwrap()
+        {
+            let header = |name: &str| {
+                m.delivery
+                    .properties
+                    .headers()
+                    .as_ref()
+                    .and_then(|h| h.inner().get(name).cloned())
+                    .map(|v| match v {
+                        AMQPValue::LongString(s) => s.to_string(),
+                        other => format!("{other:?}"),
+                    })
+                    .unwrap_or_default()
+            };
+            out.push((
+                m.delivery.data.clone(),
+                header("x-otp-error"),
+                header("x-otp-reason"),
+            ));
+        }
+        let _ = connection.close(200, "bye".into()).await;
+        out
+    }
+
+    /// Messages waiting in `queue` (ready, not unacked).
+    pub async fn queue_depth(&self, queue: &str) -> u32 {
+        let connection =
+            Connection::connect(&self.config.broker.url, ConnectionProperties::default())
+                .await
+                .unwrap();
+        let channel = connection.create_channel().await.unwrap();
+        let q = channel
+            .queue_declare(
+                queue.into(),
+                QueueDeclareOptions {
+                    passive: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .unwrap();
+        let _ = connection.close(200, "bye".into()).await;
+        q.message_count()
+    }
+
+    /// Stops everything and deletes this test's queues and exchanges.
+    pub async fn teardown(mut self) {
+        if let Some((token, handle)) = self.sender.take() {
+            token.cancel();
+            handle.await.unwrap();
+        }
+        self.stop_generator().await;
+        let connection =
+            Connection::connect(&self.config.broker.url, ConnectionProperties::default())
+                .await
+                .unwrap();
+        let channel = connection.create_channel().await.unwrap();
+        let t = &self.topology;
+        for q in [&t.requests, &t.deliveries, &t.status, &t.dead] {
+            channel
+                .queue_delete(q.as_str().into(), QueueDeleteOptions::default())
+                .await
+                .unwrap();
+        }
+        for x in [&t.exchange, &t.dlx] {
+            channel
+                .exchange_delete(x.as_str().into(), ExchangeDeleteOptions::default())
+                .await
+                .unwrap();
+        }
+        let _ = connection.close(200, "bye".into()).await;
+    }
+
+    pub fn data_dir(&self) -> std::path::PathBuf {
+        self.dir.path().join("data")
+    }
+}
+
+/// Events seen on the exchange.
+pub struct EventTap {
+    _connection: Connection,
+    consumer: lapin::Consumer,
+    pub seen: Vec<Event>,
+}
+
+impl EventTap {
+    /// Waits for an event of `status` for `request_id`.
+    pub async fn expect(&mut self, status: &str, request_id: &str) -> Event {
+        let wanted =
+            |e: &Event| e.status.as_str() == status && e.request_id.as_deref() == Some(request_id);
+        if let Some(e) = self.seen.iter().find(|e| wanted(e)) {
+            return e.clone();
+        }
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            let next = tokio::time::timeout_at(deadline, self.consumer.next())
+                .await
+                .unwrap_or_else(|_| {
+                    panic!("no event.{status} for {request_id}; saw {:?}", self.seen)
+                });
+            let delivery = next.unwrap().unwrap();
+            let event: Event = serde_json::from_slice(&delivery.data).unwrap();
+            self.seen.push(event.clone());
+            if wanted(&event) {
+                return event;
+            }
+        }
+    }
+}
+
+/// The code in an SMS text: its first run of 4 to 10 digits.
+pub fn code_in(text: &str) -> String {
+    text.split(|c: char| !c.is_ascii_digit())
+        .find(|run| (4..=10).contains(&run.len()))
+        .unwrap_or_else(|| panic!("no code in {text:?}"))
+        .to_owned()
+}
+
+/// Polls `check` every 20 ms until it returns `Some`, for at most 15 s.
+pub async fn eventually<T, F, Fut>(mut check: F) -> Option<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        if let Some(v) = check().await {
+            return Some(v);
+        }
+        if tokio::time::Instant::now() > deadline {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
