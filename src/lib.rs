@@ -6,6 +6,7 @@
 //! [`http`]. See `README.md` for the public contract.
 
 pub mod app;
+pub mod bench;
 pub mod broker;
 pub mod carriers;
 pub mod client;

@@ -137,7 +137,10 @@ impl Store {
     /// Makes every change so far durable. Concurrent callers share one fsync
     /// (sled coalesces flushes), which is the group commit.
     pub async fn flush(&self) -> Result<(), StoreError> {
-        self.db.flush_async().await?;
+        let db = self.db.clone();
+        tokio::task::spawn_blocking(move || db.flush())
+            .await
+            .expect("flush does not panic")?;
         Ok(())
     }
 

@@ -2,6 +2,7 @@
 //! reads configuration and starts what the library builds.
 
 mod all_in_one;
+mod bench;
 mod generator;
 mod publish;
 mod sender;
@@ -30,6 +31,8 @@ enum Command {
     Sender,
     /// Publishes one OTP request to RabbitMQ and prints the generator's reply.
     Publish(publish::Args),
+    /// Load run of an in-process all-in-one pipeline (private prefix, temp dir).
+    Bench(bench::Args),
 }
 
 #[tokio::main]
@@ -42,5 +45,6 @@ async fn main() -> anyhow::Result<()> {
         Command::Generator => generator::run(config).await,
         Command::Sender => sender::run(config).await,
         Command::Publish(args) => publish::run(config, args).await,
+        Command::Bench(args) => bench::run(config, args).await,
     }
 }

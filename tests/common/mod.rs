@@ -398,6 +398,27 @@ impl TestEnv {
     }
 }
 
+/// Deletes a prefix's queues and exchanges.
+pub async fn delete_topology(t: &Topology) {
+    let connection = Connection::connect(&amqp_url(), ConnectionProperties::default())
+        .await
+        .unwrap();
+    let channel = connection.create_channel().await.unwrap();
+    for q in [&t.requests, &t.deliveries, &t.status, &t.dead] {
+        channel
+            .queue_delete(q.as_str().into(), QueueDeleteOptions::default())
+            .await
+            .unwrap();
+    }
+    for x in [&t.exchange, &t.dlx] {
+        channel
+            .exchange_delete(x.as_str().into(), ExchangeDeleteOptions::default())
+            .await
+            .unwrap();
+    }
+    let _ = connection.close(200, "bye".into()).await;
+}
+
 /// Events seen on the exchange.
 pub struct EventTap {
     _connection: Connection,

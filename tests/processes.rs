@@ -1,0 +1,194 @@
+//! The production shape: a generator process and a sender process started
+//! from the real binary, talking only through RabbitMQ. Also checks that
+//! their logs carry neither codes nor full phone numbers, and that SIGTERM
+//! shuts both down cleanly.
+
+mod common;
+
+use common::{API_KEY, PHONE, amqp_url, code_in, require_rabbitmq};
+use otp_pipeline::broker::Topology;
+use otp_pipeline::client;
+use otp_pipeline::domain::{RawRequest, ReplyStatus};
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use wiremock::matchers::method;
+use wiremock::{Mock, MockServer, ResponseTemplate};
+
+struct Process {
+    child: Child,
+    log: Arc<Mutex<Vec<String>>>,
+}
+
+impl Process {
+    fn spawn(command: &str, env: &[(&str, String)]) -> Self {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_otp-pipeline"));
+        cmd.arg(command)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .env("RUST_LOG", "info");
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().expect("spawn otp-pipeline");
+        let log = Arc::new(Mutex::new(Vec::new()));
+        for stream in [
+            Box::new(child.stderr.take().unwrap()) as Box<dyn std::io::Read + Send>,
+            Box::new(child.stdout.take().unwrap()),
+        ] {
+            let log = log.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(stream).lines().map_while(Result::ok) {
+                    log.lock().unwrap().push(line);
+                }
+            });
+        }
+        Self { child, log }
+    }
+
+    async fn wait_for_line(&self, needle: &str) -> String {
+        common::eventually(|| async {
+            self.log
+                .lock()
+                .unwrap()
+                .iter()
+                .find(|l| l.contains(needle))
+                .cloned()
+        })
+        .await
+        .unwrap_or_else(|| {
+            panic!(
+                "no log line with {needle:?}; log: {:#?}",
+                self.log.lock().unwrap()
+            )
+        })
+    }
+
+    fn terminate(mut self) -> Vec<String> {
+        Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status()
+            .unwrap();
+        let status = self.child.wait().unwrap();
+        assert!(
+            status.success(),
+            "exit status {status}; log: {:#?}",
+            self.log.lock().unwrap()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+        self.log.lock().unwrap().clone()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn separate_generator_and_sender_processes() {
+    require_rabbitmq().await;
+    let carrier = MockServer::start().await;
+    Mock::given(method("POST"))
+        .respond_with(ResponseTemplate::new(200))
+        .mount(&carrier)
+        .await;
+    let dir = tempfile::tempdir().unwrap();
+    let prefix = format!("p-{}.", &uuid::Uuid::new_v4().simple().to_string()[..12]);
+    let env = [
+        ("OTP_BROKER__URL", amqp_url()),
+        ("OTP_BROKER__PREFIX", prefix.clone()),
+        ("OTP_BROKER__QUEUE_EXPIRES_MS", "300000".into()),
+        ("OTP_STORE__DATA_DIR", dir.path().display().to_string()),
+        ("OTP_HTTP__LISTEN", "127.0.0.1:0".into()),
+        ("OTP_HTTP__API_KEYS", format!("[{API_KEY}]")),
+        ("OTP_SENDER__LISTEN", "127.0.0.1:0".into()),
+        ("OTP_SENDER__CARRIER", "webhook".into()),
+        (
+            "OTP_CARRIERS__WEBHOOK__URL",
+            format!("{}/sms", carrier.uri()),
+        ),
+    ];
+    let generator = Process::spawn("generator", &env);
+    let line = generator.wait_for_line("HTTP API on http://").await;
+    let base = line[line.find("http://").unwrap()..].trim().to_owned();
+    generator.wait_for_line("connected to RabbitMQ").await;
+    let sender = Process::spawn("sender", &env);
+    let line = sender.wait_for_line("metrics on http://").await;
+    let sender_metrics = line[line.find("http://").unwrap()..]
+        .trim()
+        .trim_end_matches("/metrics")
+        .to_owned();
+    sender.wait_for_line("connected to RabbitMQ").await;
+
+    let topology = Topology::new(&prefix, None);
+    let request = RawRequest {
+        request_id: "proc-1".into(),
+        phone: PHONE.into(),
+        ..Default::default()
+    };
+    let reply = client::publish(
+        &amqp_url(),
+        &topology,
+        &request,
+        Some(Duration::from_secs(15)),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    assert_eq!(reply.status, ReplyStatus::Accepted);
+    let posts = common::eventually(|| async {
+        carrier.received_requests().await.filter(|r| !r.is_empty())
+    })
+    .await
+    .expect("an SMS");
+    let sms: serde_json::Value = serde_json::from_slice(&posts[0].body).unwrap();
+    let code = code_in(sms["text"].as_str().unwrap());
+
+    let http = reqwest::Client::new();
+    let verify = http
+        .post(format!("{base}/v1/verify"))
+        .bearer_auth(API_KEY)
+        .json(&serde_json::json!({"phone": PHONE, "code": code}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(verify.status(), 200);
+    let metrics = http
+        .get(format!("{sender_metrics}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("otp_deliveries_total{carrier=\"webhook\",outcome=\"sent\"} 1"),
+        "{metrics}"
+    );
+    assert_eq!(
+        http.get(format!("{sender_metrics}/readyz"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+
+    let mut logs = sender.terminate();
+    logs.extend(generator.terminate());
+    assert!(
+        logs.iter()
+            .any(|l| l.contains("generator stopped; store flushed")),
+        "graceful shutdown"
+    );
+    for line in &logs {
+        assert!(!line.contains(&code), "a log line shows the code: {line}");
+        assert!(
+            !line.contains("4155550123"),
+            "a log line shows the full number: {line}"
+        );
+    }
+    assert!(
+        logs.iter().any(|l| l.contains("+1415*****23")),
+        "numbers are logged masked"
+    );
+    common::delete_topology(&topology).await;
+}
