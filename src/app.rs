@@ -151,7 +151,8 @@ impl SenderApp {
         with_http: bool,
     ) -> Result<Self, AppError> {
         telemetry::metrics();
-        let carrier = carriers::from_config(config)?;
+        let first = config.routing.default.first().map(|r| r.carrier().to_owned()).unwrap_or_default();
+        let carrier = carriers::build(&first, config)?;
         let broker = Broker::new(&config.broker, &format!("otp-sender-{}", carrier.name()));
         let sender = Arc::new(Sender::new(
             carrier,

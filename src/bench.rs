@@ -162,7 +162,7 @@ pub async fn run(base: &Config, options: BenchOptions) -> Result<BenchReport, Be
     config.store.data_dir = dir.clone();
     config.http.listen = ([127, 0, 0, 1], 0).into();
     config.http.api_keys = vec![api_key.clone()];
-    config.sender.carrier = "webhook".into();
+    config.routing.default = vec![crate::config::RouteEntry::Name("webhook".into())];
     config.carriers.webhook.url = format!("http://{carrier_addr}/sms");
 
     let generator = GeneratorApp::build(&config, Arc::new(SystemClock)).await?;

@@ -40,6 +40,8 @@ pub struct Config {
     pub sender: SenderConfig,
     /// Carrier settings.
     pub carriers: CarriersConfig,
+    /// Which carriers each number goes to.
+    pub routing: RoutingConfig,
     /// SMS templates: name → locale → text (adds to the built-in `login`/`en`).
     pub templates: BTreeMap<String, BTreeMap<String, String>>,
     /// Logging.
@@ -166,20 +168,110 @@ impl Default for HttpConfig {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct SenderConfig {
-    /// Listen address for `/metrics`, `/healthz`, `/readyz`.
+    /// Listen address for `/metrics`, `/healthz`, `/readyz` and the carriers'
+    /// delivery-receipt callbacks (`/receipts/{twilio,vonage,msg91}`).
     pub listen: SocketAddr,
-    /// Which carrier sends: `console` or `webhook`.
-    pub carrier: String,
-    /// Retries of one delivery.
+    /// Retries of one delivery on one carrier, before failing over.
     pub retry: RetryConfig,
+    /// Circuit breaker applied to every carrier.
+    pub breaker: BreakerConfig,
+    /// Per-carrier concurrency cap and send rate, by carrier name.
+    pub limits: BTreeMap<String, CarrierLimits>,
 }
 
 impl Default for SenderConfig {
     fn default() -> Self {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 9091)),
-            carrier: "console".into(),
             retry: RetryConfig::default(),
+            breaker: BreakerConfig::default(),
+            limits: BTreeMap::new(),
+        }
+    }
+}
+
+/// When a carrier's circuit opens and when it is tried again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BreakerConfig {
+    /// Consecutive failed deliveries (after their retries) that open the circuit.
+    pub failure_threshold: u32,
+    /// How long an open circuit stays open before one probe is let through, ms.
+    pub open_ms: u64,
+}
+
+impl Default for BreakerConfig {
+    fn default() -> Self {
+        Self { failure_threshold: 5, open_ms: 30_000 }
+    }
+}
+
+/// Limits of one carrier, so bursts do not trip its throttling.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CarrierLimits {
+    /// Requests to this carrier in flight at once (per sender process).
+    pub concurrency: u32,
+    /// Sustained sends per second (token bucket); 0 means unlimited.
+    pub rate_per_sec: u32,
+    /// Bucket size: sends allowed in a burst.
+    pub burst: u32,
+}
+
+impl Default for CarrierLimits {
+    fn default() -> Self {
+        Self { concurrency: 64, rate_per_sec: 0, burst: 1 }
+    }
+}
+
+/// Which carriers a number goes to, in order.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RoutingConfig {
+    /// Route for numbers no country route matches.
+    pub default: Vec<RouteEntry>,
+    /// Per-country routes, by calling code without `+` (`"91"`, `"1"`, `"44"`).
+    pub countries: BTreeMap<String, Vec<RouteEntry>>,
+}
+
+impl Default for RoutingConfig {
+    fn default() -> Self {
+        Self { default: vec![RouteEntry::Name("console".into())], countries: BTreeMap::new() }
+    }
+}
+
+/// One carrier in a route: a bare name (weight 1), or a table with a weight.
+///
+/// The first carrier of a delivery is drawn among the route's entries in
+/// proportion to their weights; the others follow, in listed order, as
+/// failover. Weight 0 means "failover only".
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum RouteEntry {
+    /// `"twilio"`.
+    Name(String),
+    /// `{ carrier = "twilio", weight = 3 }`.
+    Weighted {
+        /// Carrier name.
+        carrier: String,
+        /// Share of first attempts.
+        weight: u32,
+    },
+}
+
+impl RouteEntry {
+    /// The carrier's name.
+    pub fn carrier(&self) -> &str {
+        match self {
+            Self::Name(name) | Self::Weighted { carrier: name, .. } => name,
+        }
+    }
+
+    /// Its weight (1 for a bare name).
+    pub fn weight(&self) -> u32 {
+        match self {
+            Self::Name(_) => 1,
+            Self::Weighted { weight, .. } => *weight,
         }
     }
 }
@@ -218,13 +310,148 @@ impl RetryConfig {
     }
 }
 
-/// Settings of each carrier.
+/// Settings of each carrier. A carrier named in a route must be configured here
+/// (`console` needs nothing).
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct CarriersConfig {
     /// The generic webhook carrier.
     pub webhook: WebhookConfig,
+    /// Twilio Programmable Messaging.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub twilio: Option<TwilioConfig>,
+    /// MSG91 (v5 flow API, DLT templates).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub msg91: Option<Msg91Config>,
+    /// Vonage SMS API.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub vonage: Option<VonageConfig>,
 }
+
+/// Twilio Programmable Messaging.
+#[derive(Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TwilioConfig {
+    /// API base URL (tests point it at loopback).
+    #[serde(default = "TwilioConfig::default_base_url")]
+    pub base_url: String,
+    /// Account SID (`AC…`): in the URL, and the basic-auth user unless an API key is set.
+    pub account_sid: String,
+    /// Auth token: basic-auth password (without an API key) and the key that
+    /// checks `X-Twilio-Signature` on status callbacks.
+    pub auth_token: String,
+    /// API key SID (`SK…`), to authenticate with an API key instead of the auth token.
+    #[serde(default)]
+    pub api_key_sid: Option<String>,
+    /// API key secret.
+    #[serde(default)]
+    pub api_key_secret: Option<String>,
+    /// Sender number (E.164) or alphanumeric id; or use `messaging_service_sid`.
+    #[serde(default)]
+    pub from: Option<String>,
+    /// Messaging Service SID (`MG…`), instead of `from`.
+    #[serde(default)]
+    pub messaging_service_sid: Option<String>,
+    /// Public URL of this sender's `/receipts/twilio`, sent as `StatusCallback`.
+    /// Must be exactly what Twilio calls: it is part of the signature.
+    #[serde(default)]
+    pub status_callback: Option<String>,
+    /// Per-request timeout, milliseconds.
+    #[serde(default = "default_timeout_ms")]
+    pub timeout_ms: u64,
+}
+
+impl TwilioConfig {
+    fn default_base_url() -> String {
+        "https://api.twilio.com".into()
+    }
+}
+
+/// MSG91 v5 flow API (India requires a DLT-registered template).
+#[derive(Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Msg91Config {
+    /// API base URL.
+    #[serde(default = "Msg91Config::default_base_url")]
+    pub base_url: String,
+    /// The `authkey` header.
+    pub authkey: String,
+    /// The flow/DLT template id.
+    pub template_id: String,
+    /// Template variable that receives the code (`##otp##` in the template → `otp`).
+    #[serde(default = "Msg91Config::default_code_variable")]
+    pub code_variable: String,
+    /// Secret expected as `?token=` on `/receipts/msg91` (the DLR webhook URL set in MSG91's panel).
+    #[serde(default)]
+    pub receipt_token: Option<String>,
+    /// Per-request timeout, milliseconds.
+    #[serde(default = "default_timeout_ms")]
+    pub timeout_ms: u64,
+}
+
+impl Msg91Config {
+    fn default_base_url() -> String {
+        "https://control.msg91.com".into()
+    }
+    fn default_code_variable() -> String {
+        "otp".into()
+    }
+}
+
+/// Vonage SMS API.
+#[derive(Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VonageConfig {
+    /// API base URL.
+    #[serde(default = "VonageConfig::default_base_url")]
+    pub base_url: String,
+    /// `api_key`.
+    pub api_key: String,
+    /// `api_secret` (or sign requests with `signature_secret`).
+    #[serde(default)]
+    pub api_secret: Option<String>,
+    /// Signature secret: requests are signed (`sig`, HMAC-SHA-256) instead of sending `api_secret`.
+    #[serde(default)]
+    pub signature_secret: Option<String>,
+    /// Sender id or number.
+    pub from: String,
+    /// Public URL of this sender's `/receipts/vonage`, sent as `callback`.
+    #[serde(default)]
+    pub callback: Option<String>,
+    /// Secret expected as `?token=` on `/receipts/vonage` (append it to `callback`).
+    #[serde(default)]
+    pub receipt_token: Option<String>,
+    /// Per-request timeout, milliseconds.
+    #[serde(default = "default_timeout_ms")]
+    pub timeout_ms: u64,
+}
+
+impl VonageConfig {
+    fn default_base_url() -> String {
+        "https://rest.nexmo.com".into()
+    }
+}
+
+fn default_timeout_ms() -> u64 {
+    10_000
+}
+
+macro_rules! redacted_debug {
+    ($ty:ty, [$($field:ident),*], [$($secret:ident),*]) => {
+        impl std::fmt::Debug for $ty {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.debug_struct(stringify!($ty))
+                    $(.field(stringify!($field), &self.$field))*
+                    $(.field(stringify!($secret), &"<redacted>"))*
+                    .finish()
+            }
+        }
+    };
+}
+
+redacted_debug!(TwilioConfig, [base_url, account_sid, api_key_sid, from, messaging_service_sid, status_callback, timeout_ms], [auth_token, api_key_secret]);
+redacted_debug!(Msg91Config, [base_url, template_id, code_variable, timeout_ms], [authkey, receipt_token]);
+redacted_debug!(VonageConfig, [base_url, api_key, from, callback, timeout_ms], [api_secret, signature_secret, receipt_token]);
 
 /// The generic webhook carrier: POSTs JSON to `url`.
 #[derive(Clone, Serialize, Deserialize)]

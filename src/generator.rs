@@ -215,6 +215,7 @@ impl Generator {
             request_id: request.request_id.clone(),
             phone: request.phone.e164().to_owned(),
             text,
+            code: code.expose().to_owned(),
             expires_at: record.expires_at,
             requested_at: now,
         };

@@ -57,6 +57,7 @@ impl Sender {
         let sms = Sms {
             to: delivery.phone.clone(),
             text: delivery.text.clone(),
+            code: delivery.code.clone(),
             request_id: delivery.request_id.clone(),
             delivery_id: delivery.delivery_id.clone(),
         };

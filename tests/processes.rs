@@ -100,7 +100,7 @@ async fn separate_generator_and_sender_processes() {
         ("OTP_HTTP__LISTEN", "127.0.0.1:0".into()),
         ("OTP_HTTP__API_KEYS", format!("[{API_KEY}]")),
         ("OTP_SENDER__LISTEN", "127.0.0.1:0".into()),
-        ("OTP_SENDER__CARRIER", "webhook".into()),
+        ("OTP_ROUTING__DEFAULT", "[webhook]".into()),
         (
             "OTP_CARRIERS__WEBHOOK__URL",
             format!("{}/sms", carrier.uri()),

@@ -2,9 +2,15 @@
 //! nothing of the store or the broker.
 
 mod console;
+pub mod msg91;
+pub mod twilio;
+pub mod vonage;
 mod webhook;
 
 pub use console::Console;
+pub use msg91::Msg91;
+pub use twilio::Twilio;
+pub use vonage::Vonage;
 pub use webhook::Webhook;
 
 use crate::broker::BoxFuture;
@@ -19,6 +25,8 @@ pub struct Sms {
     pub to: String,
     /// Text (contains the code: never log it).
     pub text: String,
+    /// The code alone, for carriers that fill it into a registered template (MSG91).
+    pub code: String,
     /// The producer's request id.
     pub request_id: String,
     /// Unique id of this delivery (carriers may deduplicate on it).
@@ -30,6 +38,7 @@ impl std::fmt::Debug for Sms {
         f.debug_struct("Sms")
             .field("to", &crate::domain::phone::mask(&self.to))
             .field("text", &"<redacted>")
+            .field("code", &"<redacted>")
             .field("request_id", &self.request_id)
             .field("delivery_id", &self.delivery_id)
             .finish()
@@ -88,21 +97,102 @@ pub trait Carrier: Send + Sync + 'static {
 /// Why a carrier could not be built from configuration.
 #[derive(Debug, thiserror::Error)]
 pub enum CarrierConfigError {
-    /// `sender.carrier` names no known carrier.
-    #[error("unknown carrier {0:?} (known: console, webhook)")]
+    /// A route names no known carrier.
+    #[error("unknown carrier {0:?} (known: console, webhook, twilio, msg91, vonage)")]
     Unknown(String),
+    /// A route names a carrier whose `[carriers.<name>]` section is missing.
+    #[error("carrier {0} is routed to but [carriers.{0}] is not configured")]
+    NotConfigured(&'static str),
     /// A carrier's settings are wrong.
     #[error("carrier {0}: {1}")]
     Invalid(&'static str, String),
 }
 
-/// Builds the carrier named by `sender.carrier`.
-pub fn from_config(config: &Config) -> Result<Arc<dyn Carrier>, CarrierConfigError> {
-    match config.sender.carrier.as_str() {
-        "console" => Ok(Arc::new(Console)),
-        "webhook" => Ok(Arc::new(Webhook::new(&config.carriers.webhook)?)),
-        other => Err(CarrierConfigError::Unknown(other.to_owned())),
+/// Builds one carrier by name from its configuration section.
+pub fn build(name: &str, config: &Config) -> Result<Arc<dyn Carrier>, CarrierConfigError> {
+    let c = &config.carriers;
+    Ok(match name {
+        "console" => Arc::new(Console),
+        "webhook" => Arc::new(Webhook::new(&c.webhook)?),
+        "twilio" => Arc::new(Twilio::new(c.twilio.as_ref().ok_or(CarrierConfigError::NotConfigured("twilio"))?)?),
+        "msg91" => Arc::new(Msg91::new(c.msg91.as_ref().ok_or(CarrierConfigError::NotConfigured("msg91"))?)?),
+        "vonage" => Arc::new(Vonage::new(c.vonage.as_ref().ok_or(CarrierConfigError::NotConfigured("vonage"))?)?),
+        other => return Err(CarrierConfigError::Unknown(other.to_owned())),
+    })
+}
+
+/// A delivery receipt's verdict.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReceiptStatus {
+    /// The handset has the SMS.
+    Delivered,
+    /// The carrier gave up (failed, undelivered, expired, rejected).
+    Undelivered,
+    /// An intermediate state (queued, sent, accepted, buffered): nothing to report yet.
+    Pending,
+}
+
+impl ReceiptStatus {
+    /// `delivered`, `undelivered`, `pending` (metric label).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Delivered => "delivered",
+            Self::Undelivered => "undelivered",
+            Self::Pending => "pending",
+        }
     }
+}
+
+/// A delivery receipt from a carrier, authenticated and parsed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Receipt {
+    /// The carrier's name.
+    pub carrier: &'static str,
+    /// The carrier's id for the message (as returned when it was accepted).
+    pub carrier_message_id: String,
+    /// What happened.
+    pub status: ReceiptStatus,
+    /// The carrier's error code or text, for undelivered messages.
+    pub error: Option<String>,
+}
+
+/// Why a receipt callback was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ReceiptError {
+    /// Missing or wrong signature/token: answered 403.
+    #[error("forbidden: {0}")]
+    Forbidden(String),
+    /// Authentic but unreadable: answered 400.
+    #[error("malformed receipt: {0}")]
+    Malformed(String),
+    /// Receipts for this carrier are not configured: answered 404.
+    #[error("receipts for {0} are not configured")]
+    NotConfigured(&'static str),
+}
+
+/// Compares a presented secret token with the expected one in constant time.
+pub fn token_matches(presented: Option<&str>, expected: &str) -> bool {
+    use sha2::Digest;
+    use subtle::ConstantTimeEq;
+    let Some(presented) = presented else { return false };
+    let a = sha2::Sha256::digest(presented.as_bytes());
+    let b = sha2::Sha256::digest(expected.as_bytes());
+    a.ct_eq(&b).into()
+}
+
+/// The HTTP client every carrier uses: timeout, user agent, rustls.
+pub fn http_client(name: &'static str, timeout_ms: u64) -> Result<reqwest::Client, CarrierConfigError> {
+    reqwest::Client::builder()
+        .timeout(Duration::from_millis(timeout_ms))
+        .user_agent(concat!("otp-pipeline/", env!("CARGO_PKG_VERSION")))
+        .build()
+        .map_err(|e| CarrierConfigError::Invalid(name, e.to_string()))
+}
+
+/// A network failure (connect, timeout, reset): retryable, without the URL
+/// (it may carry credentials).
+pub fn network_error(e: reqwest::Error) -> CarrierError {
+    CarrierError::Retryable { reason: format!("request failed: {}", e.without_url()), retry_after: None }
 }
 
 /// Parses a `Retry-After` header given in seconds (the form carriers use).

@@ -5,10 +5,10 @@
 
 use crate::broker::BoxFuture;
 use crate::carriers::{Accepted, Carrier, CarrierConfigError, CarrierError, Sms, retry_after};
+use std::time::Duration;
 use crate::config::WebhookConfig;
 use reqwest::StatusCode;
 use serde::Serialize;
-use std::time::Duration;
 
 /// Posts `{"to","text","request_id","delivery_id"}` to a configured URL.
 #[derive(Debug, Clone)]
@@ -43,11 +43,7 @@ impl Webhook {
                 "url must be http or https".into(),
             ));
         }
-        let client = reqwest::Client::builder()
-            .timeout(Duration::from_millis(config.timeout_ms))
-            .user_agent(concat!("otp-pipeline/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .map_err(|e| CarrierConfigError::Invalid("webhook", e.to_string()))?;
+        let client = crate::carriers::http_client("webhook", config.timeout_ms)?;
         Ok(Self {
             client,
             url,
@@ -89,11 +85,7 @@ impl Carrier for Webhook {
             if let Some(token) = &self.token {
                 request = request.bearer_auth(token);
             }
-            let response = request.send().await.map_err(|e| CarrierError::Retryable {
-                // Without the URL: it may hold credentials.
-                reason: format!("request failed: {}", e.without_url()),
-                retry_after: None,
-            })?;
+            let response = request.send().await.map_err(crate::carriers::network_error)?;
             classify(response.status(), retry_after(response.headers()))?;
             // Any 2xx is accepted; an id in a JSON answer is kept if present.
             let id = response.json::<Answer>().await.ok().and_then(|a| a.id);

@@ -19,6 +19,8 @@ pub struct Delivery {
     pub phone: String,
     /// The rendered SMS text (contains the code).
     pub text: String,
+    /// The code alone, for carriers with registered templates (MSG91).
+    pub code: String,
     /// When the code stops working: a sender never delivers after this.
     #[serde(with = "time::serde::rfc3339")]
     pub expires_at: OffsetDateTime,
@@ -34,6 +36,7 @@ impl fmt::Debug for Delivery {
             .field("request_id", &self.request_id)
             .field("phone", &crate::domain::phone::mask(&self.phone))
             .field("text", &"<redacted>")
+            .field("code", &"<redacted>")
             .field("expires_at", &self.expires_at)
             .finish()
     }
@@ -256,6 +259,7 @@ mod tests {
             request_id: "r1".into(),
             phone: "+14155550123".into(),
             text: "your code is 123456".into(),
+            code: "123456".into(),
             expires_at: now,
             requested_at: now,
         };

@@ -81,7 +81,7 @@ impl TestEnv {
         config.store.data_dir = dir.path().join("data");
         config.http.listen = "127.0.0.1:0".parse().unwrap();
         config.http.api_keys = vec![API_KEY.into()];
-        config.sender.carrier = "webhook".into();
+        config.routing.default = vec![otp_pipeline::config::RouteEntry::Name("webhook".into())];
         config.sender.retry.min_delay_ms = 10;
         config.sender.retry.max_delay_ms = 50;
         config.carriers.webhook.url = format!("{}/sms", carrier.uri());
