@@ -3,13 +3,12 @@
 //! same way (tests bind port 0 and read the address back).
 
 use crate::broker::{Broker, Subscription};
-use crate::carriers::{self, CarrierConfigError};
 use crate::config::{Config, ConfigError};
 use crate::domain::{Clock, TemplateError, Templates};
 use crate::generator::{Generator, Policy, RequestHandler, StatusHandler};
 use crate::http::{self, ApiKeys, ApiState};
 use crate::secrets::{self, SecretError};
-use crate::sender::{DeliveryHandler, Sender};
+use crate::sender::{DeliveryHandler, Sender, SenderError};
 use crate::store::{Store, StoreError};
 use crate::telemetry;
 use std::net::SocketAddr;
@@ -33,9 +32,9 @@ pub enum AppError {
     /// The store could not be opened or flushed.
     #[error("store: {0}")]
     Store(#[from] StoreError),
-    /// The carrier configuration is wrong.
+    /// The carrier or routing configuration is wrong.
     #[error(transparent)]
-    Carrier(#[from] CarrierConfigError),
+    Sender(#[from] SenderError),
     /// The HTTP port could not be bound or served.
     #[error("http {addr}: {source}")]
     Http {
@@ -151,15 +150,8 @@ impl SenderApp {
         with_http: bool,
     ) -> Result<Self, AppError> {
         telemetry::metrics();
-        let first = config.routing.default.first().map(|r| r.carrier().to_owned()).unwrap_or_default();
-        let carrier = carriers::build(&first, config)?;
-        let broker = Broker::new(&config.broker, &format!("otp-sender-{}", carrier.name()));
-        let sender = Arc::new(Sender::new(
-            carrier,
-            broker.clone(),
-            clock,
-            config.sender.retry.clone(),
-        ));
+        let broker = Broker::new(&config.broker, "otp-sender");
+        let sender = Arc::new(Sender::from_config(config, broker.clone(), clock)?);
         let listener = if with_http {
             let addr = config.sender.listen;
             Some(

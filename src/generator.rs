@@ -6,8 +6,8 @@
 use crate::broker::{BoxFuture, Broker, BrokerError, Disposition, Handler, Inbound, Topology};
 use crate::domain::{
     Clock, Code, CodeRecord, DecodeError, Delivery, DigestKey, Event, EventKind, Limits, Phone,
-    RawRequest, RejectReason, Rejection, Reply, ReplyStatus, Templates, ValidRequest,
-    VerifyOutcome,
+    RawRequest, ReceiptMessage, RejectReason, Rejection, Reply, ReplyStatus, Templates,
+    ValidRequest, VerifyOutcome,
 };
 use crate::store::{IssueOutcome, RequestRecord, Store, StoreError};
 use crate::telemetry::names;
@@ -335,8 +335,12 @@ impl Generator {
         }
     }
 
-    /// Handles one status event from the senders (`otp.status`).
+    /// Handles one message of the status queue: a sender's outcome event or a
+    /// carrier's delivery receipt.
     pub async fn process_status(&self, message: Inbound) -> Disposition {
+        if message.routing_key == Topology::RECEIPT_KEY {
+            return self.process_receipt(message).await;
+        }
         let event: Event = match serde_json::from_slice(&message.body) {
             Ok(e) => e,
             Err(e) => {
@@ -360,6 +364,66 @@ impl Generator {
         match self.track(applied) {
             Ok(_) => Disposition::Ack,
             Err(e) => self.store_failed(&e),
+        }
+    }
+
+    /// Resolves a receipt to its request, records it and publishes
+    /// `event.delivered` / `event.undelivered`.
+    async fn process_receipt(&self, message: Inbound) -> Disposition {
+        let receipt: ReceiptMessage = match serde_json::from_slice(&message.body) {
+            Ok(r) => r,
+            Err(e) => {
+                return Disposition::DeadLetter {
+                    reason: "malformed_receipt",
+                    error: e.to_string(),
+                };
+            }
+        };
+        let request_id = match self.track(
+            self.store
+                .request_for_message(&receipt.carrier, &receipt.carrier_message_id),
+        ) {
+            Ok(Some(id)) => id,
+            Ok(None) if !message.redelivered => {
+                // The receipt may overtake the `event.sent` that records the id: try once more.
+                return Disposition::Retry { after: RETRY_PAUSE };
+            }
+            Ok(None) => {
+                tracing::warn!(carrier = %receipt.carrier, "receipt for an unknown message; dropped");
+                return Disposition::Ack;
+            }
+            Err(e) => return self.store_failed(&e),
+        };
+        let kind = if receipt.delivered {
+            EventKind::Delivered
+        } else {
+            EventKind::Undelivered
+        };
+        let applied = self.store.apply_event(
+            &request_id,
+            kind,
+            Some(&receipt.carrier),
+            Some(&receipt.carrier_message_id),
+            receipt.error.as_deref(),
+            receipt.at,
+        );
+        if let Err(e) = self.track(applied) {
+            return self.store_failed(&e);
+        }
+        let phone = match self.track(self.store.request(&request_id)) {
+            Ok(record) => record.map(|r| r.phone).unwrap_or_default(),
+            Err(e) => return self.store_failed(&e),
+        };
+        let mut event = Event::new(kind, Some(request_id), &phone, receipt.at);
+        event.carrier = Some(receipt.carrier);
+        event.carrier_message_id = Some(receipt.carrier_message_id);
+        event.error = receipt.error;
+        match self.publish_event(&event).await {
+            Ok(()) => Disposition::Ack,
+            Err(e) => {
+                tracing::warn!(error = %e, "could not publish a receipt event; will retry");
+                Disposition::Retry { after: RETRY_PAUSE }
+            }
         }
     }
 

@@ -1,42 +1,177 @@
-//! The sender: takes deliveries off the queue and pushes them to a carrier,
-//! retrying with exponential backoff and jitter, never past the code's expiry.
+//! The sender: takes deliveries off the queue and pushes them to carriers.
 //!
-//! It wires a carrier and the broker; it never sees the store.
+//! For each delivery it plans a carrier order from the routes (weighted first
+//! choice, then failover), retries each carrier with exponential backoff and
+//! jitter (honouring `Retry-After`), skips carriers whose circuit is open,
+//! respects each carrier's concurrency cap and send rate, and never sends
+//! after the code has expired. It wires carriers and the broker; it never
+//! sees the store.
 
 use crate::broker::{BoxFuture, Broker, Disposition, Handler, Inbound};
-use crate::carriers::{Accepted, Carrier, CarrierError, Sms};
-use crate::config::RetryConfig;
-use crate::domain::{Clock, Delivery, Event, EventKind};
+use crate::carriers::{self, Accepted, Carrier, CarrierConfigError, CarrierError, Sms};
+use crate::config::{BreakerConfig, CarrierLimits, Config, RetryConfig};
+use crate::domain::{Breaker, Clock, Delivery, Event, EventKind, Routes, RoutingError};
 use crate::telemetry::names;
 use backon::Retryable;
-use std::sync::Arc;
+use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
+use std::collections::BTreeMap;
+use std::num::NonZeroU32;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+use time::OffsetDateTime;
+use tokio::sync::Semaphore;
 
 /// Pause before a delivery whose outcome could not be announced is requeued.
 const RETRY_PAUSE: Duration = Duration::from_secs(1);
 
+/// Why a sender could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum SenderError {
+    /// A carrier's configuration is wrong or missing.
+    #[error(transparent)]
+    Carrier(#[from] CarrierConfigError),
+    /// The routes are wrong.
+    #[error("routing: {0}")]
+    Routing(#[from] RoutingError),
+}
+
+/// One carrier with its breaker, concurrency cap and rate limit.
+struct Slot {
+    carrier: Arc<dyn Carrier>,
+    breaker: Mutex<Breaker>,
+    in_flight: Semaphore,
+    rate: Option<DefaultDirectRateLimiter>,
+}
+
+impl Slot {
+    fn new(carrier: Arc<dyn Carrier>, limits: CarrierLimits, breaker: BreakerConfig) -> Self {
+        let rate = NonZeroU32::new(limits.rate_per_sec).map(|per_sec| {
+            let burst = NonZeroU32::new(limits.burst).unwrap_or(NonZeroU32::MIN);
+            RateLimiter::direct(Quota::per_second(per_sec).allow_burst(burst))
+        });
+        metrics::gauge!(names::CIRCUIT_OPEN, "carrier" => carrier.name()).set(0.0);
+        Self {
+            carrier,
+            breaker: Mutex::new(Breaker::new(
+                breaker.failure_threshold,
+                Duration::from_millis(breaker.open_ms),
+            )),
+            in_flight: Semaphore::new(limits.concurrency.max(1) as usize),
+            rate,
+        }
+    }
+
+    fn name(&self) -> &'static str {
+        self.carrier.name()
+    }
+
+    fn allow(&self) -> bool {
+        self.breaker
+            .lock()
+            .expect("breaker lock")
+            .allow(Instant::now())
+    }
+
+    fn is_open(&self) -> bool {
+        self.breaker.lock().expect("breaker lock").is_open()
+    }
+
+    /// Feeds an attempt's result to the breaker. Only the carrier's own
+    /// failures count (timeouts, 5xx, throttling), not a refused number.
+    fn record(&self, result: &Result<Accepted, CarrierError>) {
+        let open = {
+            let mut breaker = self.breaker.lock().expect("breaker lock");
+            match result {
+                Ok(_) => breaker.on_success(),
+                Err(CarrierError::Retryable { .. }) => breaker.on_failure(Instant::now()),
+                Err(CarrierError::Permanent { .. }) => {}
+            }
+            breaker.is_open()
+        };
+        metrics::gauge!(names::CIRCUIT_OPEN, "carrier" => self.name()).set(if open {
+            1.0
+        } else {
+            0.0
+        });
+    }
+
+    /// One call to the carrier, within its concurrency cap and send rate.
+    async fn attempt(&self, sms: &Sms) -> Result<Accepted, CarrierError> {
+        let _permit = self
+            .in_flight
+            .acquire()
+            .await
+            .expect("the semaphore is never closed");
+        if let Some(rate) = &self.rate {
+            rate.until_ready().await;
+        }
+        let started = Instant::now();
+        let result = self.carrier.send(sms).await;
+        metrics::histogram!(names::CARRIER_DURATION, "carrier" => self.name())
+            .record(started.elapsed().as_secs_f64());
+        let outcome = match &result {
+            Ok(_) => "accepted",
+            Err(e) => e.label(),
+        };
+        metrics::counter!(names::CARRIER_ATTEMPTS, "carrier" => self.name(), "outcome" => outcome)
+            .increment(1);
+        self.record(&result);
+        result
+    }
+}
+
 /// A sender worker's state.
 pub struct Sender {
-    carrier: Arc<dyn Carrier>,
+    slots: BTreeMap<String, Slot>,
+    routes: Routes,
     broker: Arc<Broker>,
     clock: Arc<dyn Clock>,
     retry: RetryConfig,
 }
 
 impl Sender {
-    /// A sender pushing to `carrier`.
-    pub fn new(
-        carrier: Arc<dyn Carrier>,
+    /// Builds every carrier the routes name, with its limits and breaker.
+    pub fn from_config(
+        config: &Config,
         broker: Arc<Broker>,
         clock: Arc<dyn Clock>,
-        retry: RetryConfig,
-    ) -> Self {
-        Self {
-            carrier,
+    ) -> Result<Self, SenderError> {
+        let route = |entries: &[crate::config::RouteEntry]| {
+            entries
+                .iter()
+                .map(|e| (e.carrier().to_owned(), e.weight()))
+                .collect()
+        };
+        let routes = Routes::new(
+            route(&config.routing.default),
+            config
+                .routing
+                .countries
+                .iter()
+                .map(|(code, entries)| (code.clone(), route(entries)))
+                .collect(),
+        )?;
+        let mut slots = BTreeMap::new();
+        for name in routes.carriers() {
+            let carrier = carriers::build(name, config)?;
+            let limits = config.sender.limits.get(name).copied().unwrap_or_default();
+            slots.insert(
+                name.to_owned(),
+                Slot::new(carrier, limits, config.sender.breaker),
+            );
+        }
+        Ok(Self {
+            slots,
+            routes,
             broker,
             clock,
-            retry,
-        }
+            retry: config.sender.retry.clone(),
+        })
+    }
+
+    /// The carriers this sender uses, by name.
+    pub fn carrier_names(&self) -> Vec<&str> {
+        self.slots.keys().map(String::as_str).collect()
     }
 
     /// Handles one delivery.
@@ -50,10 +185,6 @@ impl Sender {
                 };
             }
         };
-        let carrier = self.carrier.name();
-        if self.clock.now() >= delivery.expires_at {
-            return self.expired(&delivery).await;
-        }
         let sms = Sms {
             to: delivery.phone.clone(),
             text: delivery.text.clone(),
@@ -61,51 +192,78 @@ impl Sender {
             request_id: delivery.request_id.clone(),
             delivery_id: delivery.delivery_id.clone(),
         };
-        let expires_at = delivery.expires_at;
+        let plan = self.routes.plan(&delivery.phone, &mut rand::rng());
+        let mut last: Option<(&str, CarrierError)> = None;
+        for (index, name) in plan.iter().enumerate() {
+            if self.clock.now() >= delivery.expires_at {
+                break;
+            }
+            let slot = &self.slots[*name];
+            if !slot.allow() {
+                tracing::info!(request_id = %delivery.request_id, carrier = name, "circuit open; skipping the carrier");
+                last.get_or_insert((
+                    name,
+                    CarrierError::Retryable {
+                        reason: "circuit open".into(),
+                        retry_after: None,
+                    },
+                ));
+                continue;
+            }
+            if index > 0 {
+                metrics::counter!(names::FAILOVERS).increment(1);
+                tracing::info!(request_id = %delivery.request_id, carrier = name, "failing over");
+            }
+            match self
+                .send_with_retries(slot, &sms, delivery.expires_at)
+                .await
+            {
+                Ok(accepted) => return self.sent(&delivery, slot.name(), accepted).await,
+                Err(e) => last = Some((name, e)),
+            }
+        }
+        let carrier = last.as_ref().map_or(plan[0], |(name, _)| name);
+        match last {
+            _ if self.clock.now() >= delivery.expires_at => self.expired(&delivery, carrier).await,
+            Some((_, e)) => self.failed(&delivery, carrier, e).await,
+            None => self.expired(&delivery, carrier).await,
+        }
+    }
+
+    /// Tries one carrier until it accepts, fails for good, opens its circuit,
+    /// runs out of retries, or the code expires.
+    async fn send_with_retries(
+        &self,
+        slot: &Slot,
+        sms: &Sms,
+        expires_at: OffsetDateTime,
+    ) -> Result<Accepted, CarrierError> {
         let clock = &self.clock;
-        let attempt = || self.attempt(&sms);
-        let result = attempt
+        (|| slot.attempt(sms))
             .retry(self.retry.backoff())
             .sleep(tokio::time::sleep)
-            .when(|e: &CarrierError| e.is_retryable() && clock.now() < expires_at)
+            .when(|e: &CarrierError| e.is_retryable() && clock.now() < expires_at && !slot.is_open())
             .adjust(|e, planned| {
-                // Honour the carrier's Retry-After, but never retry past expiry
-                // nor beyond the configured number of retries.
+                // Honour the carrier's Retry-After, but never beyond the
+                // configured retries nor past the code's expiry.
                 let delay = match (e, planned) {
                     (CarrierError::Retryable { retry_after: Some(after), .. }, Some(_)) => *after,
                     (_, planned) => planned?,
                 };
-                let remaining = expires_at - clock.now();
-                (remaining > delay).then_some(delay)
+                (expires_at - clock.now() > delay).then_some(delay)
             })
             .notify(|e, delay| {
-                tracing::info!(request_id = %delivery.request_id, carrier, error = %e, retry_in = ?delay, "carrier attempt failed; retrying");
+                tracing::info!(request_id = %sms.request_id, carrier = slot.name(), error = %e, retry_in = ?delay, "carrier attempt failed; retrying");
             })
-            .await;
-        match result {
-            Ok(accepted) => self.sent(&delivery, accepted).await,
-            Err(_) if self.clock.now() >= delivery.expires_at => self.expired(&delivery).await,
-            Err(e) => self.failed(&delivery, e).await,
-        }
+            .await
     }
 
-    async fn attempt(&self, sms: &Sms) -> Result<Accepted, CarrierError> {
-        let carrier = self.carrier.name();
-        let started = Instant::now();
-        let result = self.carrier.send(sms).await;
-        metrics::histogram!(names::CARRIER_DURATION, "carrier" => carrier)
-            .record(started.elapsed().as_secs_f64());
-        let outcome = match &result {
-            Ok(_) => "accepted",
-            Err(e) => e.label(),
-        };
-        metrics::counter!(names::CARRIER_ATTEMPTS, "carrier" => carrier, "outcome" => outcome)
-            .increment(1);
-        result
-    }
-
-    async fn sent(&self, delivery: &Delivery, accepted: Accepted) -> Disposition {
-        let carrier = self.carrier.name();
+    async fn sent(
+        &self,
+        delivery: &Delivery,
+        carrier: &'static str,
+        accepted: Accepted,
+    ) -> Disposition {
         let now = self.clock.now();
         let latency = (now - delivery.requested_at).as_seconds_f64().max(0.0);
         metrics::histogram!(names::DELIVERY_LATENCY).record(latency);
@@ -123,8 +281,8 @@ impl Sender {
         self.announce(&event, Disposition::Ack).await
     }
 
-    async fn expired(&self, delivery: &Delivery) -> Disposition {
-        metrics::counter!(names::DELIVERIES, "carrier" => self.carrier.name(), "outcome" => "expired").increment(1);
+    async fn expired(&self, delivery: &Delivery, carrier: &str) -> Disposition {
+        metrics::counter!(names::DELIVERIES, "carrier" => carrier.to_owned(), "outcome" => "expired").increment(1);
         tracing::warn!(request_id = %delivery.request_id, "code expired before any carrier took it; dropped");
         let mut event = Event::new(
             EventKind::Failed,
@@ -136,10 +294,8 @@ impl Sender {
         self.announce(&event, Disposition::Ack).await
     }
 
-    async fn failed(&self, delivery: &Delivery, error: CarrierError) -> Disposition {
-        let carrier = self.carrier.name();
-        metrics::counter!(names::DELIVERIES, "carrier" => carrier, "outcome" => "failed")
-            .increment(1);
+    async fn failed(&self, delivery: &Delivery, carrier: &str, error: CarrierError) -> Disposition {
+        metrics::counter!(names::DELIVERIES, "carrier" => carrier.to_owned(), "outcome" => "failed").increment(1);
         tracing::warn!(request_id = %delivery.request_id, carrier, error = %error, "no carrier accepted the SMS");
         let mut event = Event::new(
             EventKind::Failed,

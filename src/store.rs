@@ -71,12 +71,18 @@ pub enum IssueOutcome {
     Conflict,
 }
 
-/// The sled database with its two trees.
+/// The sled database: live codes by phone, requests by id, and request ids
+/// by carrier message id (to resolve delivery receipts).
 #[derive(Clone)]
 pub struct Store {
     db: sled::Db,
     codes: Tree,
     requests: Tree,
+    by_message: Tree,
+}
+
+fn message_key(carrier: &str, carrier_message_id: &str) -> Vec<u8> {
+    format!("{carrier}\0{carrier_message_id}").into_bytes()
 }
 
 type TxResult<T> = Result<T, ConflictableTransactionError<StoreError>>;
@@ -127,10 +133,12 @@ impl Store {
         let db = sled::Config::new().path(dir.join("sled")).open()?;
         let codes = db.open_tree("codes")?;
         let requests = db.open_tree("requests")?;
+        let by_message = db.open_tree("by_carrier_message")?;
         Ok(Self {
             db,
             codes,
             requests,
+            by_message,
         })
     }
 
@@ -311,6 +319,10 @@ impl Store {
         let Some(next) = kind.request_status() else {
             return Ok(false);
         };
+        if let (Some(carrier), Some(id)) = (carrier, carrier_message_id) {
+            self.by_message
+                .insert(message_key(carrier, id), request_id.as_bytes())?;
+        }
         let mut applied = false;
         self.update_request(request_id, |r| {
             applied = false;
@@ -326,6 +338,18 @@ impl Store {
             }
         })?;
         Ok(applied)
+    }
+
+    /// The request a carrier's message id belongs to (recorded from `event.sent`).
+    pub fn request_for_message(
+        &self,
+        carrier: &str,
+        carrier_message_id: &str,
+    ) -> Result<Option<String>, StoreError> {
+        Ok(self
+            .by_message
+            .get(message_key(carrier, carrier_message_id))?
+            .map(|id| String::from_utf8_lossy(&id).into_owned()))
     }
 
     /// The record of `request_id`, if any.
@@ -536,6 +560,14 @@ mod tests {
                 .apply_event("nope", EventKind::Sent, None, None, None, now)
                 .unwrap()
         );
+        assert_eq!(
+            store
+                .request_for_message("webhook", "m1")
+                .unwrap()
+                .as_deref(),
+            Some("r1")
+        );
+        assert_eq!(store.request_for_message("twilio", "m1").unwrap(), None);
     }
 
     #[test]

@@ -27,13 +27,10 @@ impl Topology {
     pub const REQUEST_KEY: &'static str = "request";
     /// Routing key of deliveries.
     pub const DELIVERY_KEY: &'static str = "delivery";
-    /// Events the generator follows to keep request status.
-    pub const STATUS_KEYS: [&'static str; 4] = [
-        "event.sent",
-        "event.failed",
-        "event.delivered",
-        "event.undelivered",
-    ];
+    /// Routing key of carriers' delivery receipts (sender → generator, internal).
+    pub const RECEIPT_KEY: &'static str = "receipt";
+    /// What the generator follows to keep request status: senders' outcomes and receipts.
+    pub const STATUS_KEYS: [&'static str; 3] = ["event.sent", "event.failed", Self::RECEIPT_KEY];
     /// Header carrying why a message was dead-lettered.
     pub const ERROR_HEADER: &'static str = "x-otp-error";
     /// Header carrying the dead-letter reason code.

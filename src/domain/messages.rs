@@ -186,6 +186,25 @@ impl Event {
     }
 }
 
+/// A carrier's delivery receipt: sender → generator over the status queue
+/// (internal, routing key `receipt`). The generator maps the carrier's
+/// message id to the request and publishes `event.delivered` / `event.undelivered`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReceiptMessage {
+    /// Carrier name.
+    pub carrier: String,
+    /// The carrier's id for the message.
+    pub carrier_message_id: String,
+    /// True if delivered, false if the carrier gave up.
+    pub delivered: bool,
+    /// The carrier's error code or text, if undelivered.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// When the receipt arrived.
+    #[serde(with = "time::serde::rfc3339")]
+    pub at: OffsetDateTime,
+}
+
 /// The answer sent to a request's `reply_to`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Reply {
