@@ -202,7 +202,10 @@ pub struct BreakerConfig {
 
 impl Default for BreakerConfig {
     fn default() -> Self {
-        Self { failure_threshold: 5, open_ms: 30_000 }
+        Self {
+            failure_threshold: 5,
+            open_ms: 30_000,
+        }
     }
 }
 
@@ -220,7 +223,11 @@ pub struct CarrierLimits {
 
 impl Default for CarrierLimits {
     fn default() -> Self {
-        Self { concurrency: 64, rate_per_sec: 0, burst: 1 }
+        Self {
+            concurrency: 64,
+            rate_per_sec: 0,
+            burst: 1,
+        }
     }
 }
 
@@ -236,7 +243,10 @@ pub struct RoutingConfig {
 
 impl Default for RoutingConfig {
     fn default() -> Self {
-        Self { default: vec![RouteEntry::Name("console".into())], countries: BTreeMap::new() }
+        Self {
+            default: vec![RouteEntry::Name("console".into())],
+            countries: BTreeMap::new(),
+        }
     }
 }
 
@@ -449,9 +459,29 @@ macro_rules! redacted_debug {
     };
 }
 
-redacted_debug!(TwilioConfig, [base_url, account_sid, api_key_sid, from, messaging_service_sid, status_callback, timeout_ms], [auth_token, api_key_secret]);
-redacted_debug!(Msg91Config, [base_url, template_id, code_variable, timeout_ms], [authkey, receipt_token]);
-redacted_debug!(VonageConfig, [base_url, api_key, from, callback, timeout_ms], [api_secret, signature_secret, receipt_token]);
+redacted_debug!(
+    TwilioConfig,
+    [
+        base_url,
+        account_sid,
+        api_key_sid,
+        from,
+        messaging_service_sid,
+        status_callback,
+        timeout_ms
+    ],
+    [auth_token, api_key_secret]
+);
+redacted_debug!(
+    Msg91Config,
+    [base_url, template_id, code_variable, timeout_ms],
+    [authkey, receipt_token]
+);
+redacted_debug!(
+    VonageConfig,
+    [base_url, api_key, from, callback, timeout_ms],
+    [api_secret, signature_secret, receipt_token]
+);
 
 /// The generic webhook carrier: POSTs JSON to `url`.
 #[derive(Clone, Serialize, Deserialize)]

@@ -12,6 +12,7 @@ pub mod carriers;
 pub mod client;
 pub mod config;
 pub mod domain;
+pub mod fake_carrier;
 pub mod generator;
 pub mod http;
 pub mod secrets;

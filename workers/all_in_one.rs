@@ -12,7 +12,13 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     crate::generator::announce(&generator);
     eprintln!(
         "Carrier: {} — SMS appear below. Ctrl-C stops.",
-        config.routing.default.iter().map(|r| r.carrier()).collect::<Vec<_>>().join(", ")
+        config
+            .routing
+            .default
+            .iter()
+            .map(|r| r.carrier())
+            .collect::<Vec<_>>()
+            .join(", ")
     );
     let shutdown = shutdown_on_signals();
     let (g, s) = tokio::join!(generator.run(shutdown.clone()), sender.run(shutdown));

@@ -114,9 +114,21 @@ pub fn build(name: &str, config: &Config) -> Result<Arc<dyn Carrier>, CarrierCon
     Ok(match name {
         "console" => Arc::new(Console),
         "webhook" => Arc::new(Webhook::new(&c.webhook)?),
-        "twilio" => Arc::new(Twilio::new(c.twilio.as_ref().ok_or(CarrierConfigError::NotConfigured("twilio"))?)?),
-        "msg91" => Arc::new(Msg91::new(c.msg91.as_ref().ok_or(CarrierConfigError::NotConfigured("msg91"))?)?),
-        "vonage" => Arc::new(Vonage::new(c.vonage.as_ref().ok_or(CarrierConfigError::NotConfigured("vonage"))?)?),
+        "twilio" => Arc::new(Twilio::new(
+            c.twilio
+                .as_ref()
+                .ok_or(CarrierConfigError::NotConfigured("twilio"))?,
+        )?),
+        "msg91" => Arc::new(Msg91::new(
+            c.msg91
+                .as_ref()
+                .ok_or(CarrierConfigError::NotConfigured("msg91"))?,
+        )?),
+        "vonage" => Arc::new(Vonage::new(
+            c.vonage
+                .as_ref()
+                .ok_or(CarrierConfigError::NotConfigured("vonage"))?,
+        )?),
         other => return Err(CarrierConfigError::Unknown(other.to_owned())),
     })
 }
@@ -174,14 +186,19 @@ pub enum ReceiptError {
 pub fn token_matches(presented: Option<&str>, expected: &str) -> bool {
     use sha2::Digest;
     use subtle::ConstantTimeEq;
-    let Some(presented) = presented else { return false };
+    let Some(presented) = presented else {
+        return false;
+    };
     let a = sha2::Sha256::digest(presented.as_bytes());
     let b = sha2::Sha256::digest(expected.as_bytes());
     a.ct_eq(&b).into()
 }
 
 /// The HTTP client every carrier uses: timeout, user agent, rustls.
-pub fn http_client(name: &'static str, timeout_ms: u64) -> Result<reqwest::Client, CarrierConfigError> {
+pub fn http_client(
+    name: &'static str,
+    timeout_ms: u64,
+) -> Result<reqwest::Client, CarrierConfigError> {
     reqwest::Client::builder()
         .timeout(Duration::from_millis(timeout_ms))
         .user_agent(concat!("otp-pipeline/", env!("CARGO_PKG_VERSION")))
@@ -192,7 +209,10 @@ pub fn http_client(name: &'static str, timeout_ms: u64) -> Result<reqwest::Clien
 /// A network failure (connect, timeout, reset): retryable, without the URL
 /// (it may carry credentials).
 pub fn network_error(e: reqwest::Error) -> CarrierError {
-    CarrierError::Retryable { reason: format!("request failed: {}", e.without_url()), retry_after: None }
+    CarrierError::Retryable {
+        reason: format!("request failed: {}", e.without_url()),
+        retry_after: None,
+    }
 }
 
 /// Parses a `Retry-After` header given in seconds (the form carriers use).

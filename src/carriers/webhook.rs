@@ -5,10 +5,10 @@
 
 use crate::broker::BoxFuture;
 use crate::carriers::{Accepted, Carrier, CarrierConfigError, CarrierError, Sms, retry_after};
-use std::time::Duration;
 use crate::config::WebhookConfig;
 use reqwest::StatusCode;
 use serde::Serialize;
+use std::time::Duration;
 
 /// Posts `{"to","text","request_id","delivery_id"}` to a configured URL.
 #[derive(Debug, Clone)]
@@ -85,7 +85,10 @@ impl Carrier for Webhook {
             if let Some(token) = &self.token {
                 request = request.bearer_auth(token);
             }
-            let response = request.send().await.map_err(crate::carriers::network_error)?;
+            let response = request
+                .send()
+                .await
+                .map_err(crate::carriers::network_error)?;
             classify(response.status(), retry_after(response.headers()))?;
             // Any 2xx is accepted; an id in a JSON answer is kept if present.
             let id = response.json::<Answer>().await.ok().and_then(|a| a.id);
