@@ -239,7 +239,14 @@ impl Sender {
         expires_at: OffsetDateTime,
     ) -> Result<Accepted, CarrierError> {
         let clock = &self.clock;
-        (|| slot.attempt(sms))
+        let attempt = || async {
+            // Checked before every attempt: a retry never sends an expired code.
+            if clock.now() >= expires_at {
+                return Err(CarrierError::Permanent { reason: "expired".into() });
+            }
+            slot.attempt(sms).await
+        };
+        attempt
             .retry(self.retry.backoff())
             .sleep(tokio::time::sleep)
             .when(|e: &CarrierError| e.is_retryable() && clock.now() < expires_at && !slot.is_open())

@@ -325,16 +325,17 @@ impl Store {
         }
         let mut applied = false;
         self.update_request(request_id, |r| {
-            applied = false;
-            if r.status.can_become(next) {
-                r.status = next;
+            applied = r.status.can_become(next);
+            // Which carrier took the SMS is kept even when the news arrives
+            // after a later state (a fast user can verify before `sent` lands).
+            if r.carrier.is_none() || applied {
                 r.carrier = carrier.map(str::to_owned).or(r.carrier.take());
-                r.carrier_message_id = carrier_message_id
-                    .map(str::to_owned)
-                    .or(r.carrier_message_id.take());
+                r.carrier_message_id = carrier_message_id.map(str::to_owned).or(r.carrier_message_id.take());
+            }
+            if applied {
+                r.status = next;
                 r.error = error.map(str::to_owned).or(r.error.take());
                 r.updated_at = at;
-                applied = true;
             }
         })?;
         Ok(applied)
@@ -568,6 +569,20 @@ mod tests {
             Some("r1")
         );
         assert_eq!(store.request_for_message("twilio", "m1").unwrap(), None);
+    }
+
+    #[test]
+    fn the_carrier_is_kept_when_sent_arrives_after_verification() {
+        let (_d, store, key) = setup();
+        let now = OffsetDateTime::now_utc();
+        let req = request("r1");
+        store.issue(&req, &record(&key, &req, "111111", now), now).unwrap();
+        let code = Code::parse("111111").unwrap();
+        assert_eq!(store.verify(&req.phone, &code, &key, now).unwrap().0.label(), "approved");
+        let applied = store.apply_event("r1", EventKind::Sent, Some("twilio"), Some("SM1"), None, now).unwrap();
+        assert!(!applied, "verified stays verified");
+        let r = store.request("r1").unwrap().unwrap();
+        assert_eq!((r.status, r.carrier.as_deref(), r.carrier_message_id.as_deref()), (RequestStatus::Verified, Some("twilio"), Some("SM1")));
     }
 
     #[test]

@@ -9,6 +9,7 @@ use std::sync::Arc;
 pub async fn run(config: Config) -> anyhow::Result<()> {
     let generator = GeneratorApp::build(&config, Arc::new(SystemClock)).await?;
     let sender = SenderApp::build(&config, Arc::new(SystemClock), false).await?;
+    let generator = generator.merge_routes(sender.receipt_routes());
     crate::generator::announce(&generator);
     eprintln!(
         "Carrier: {} — SMS appear below. Ctrl-C stops.",

@@ -5,9 +5,11 @@ mod auth;
 mod json;
 mod ops;
 mod otp;
+mod receipts;
 mod verify;
 
 pub use auth::ApiKeys;
+pub use receipts::{ReceiptState, router as receipts_router};
 
 use crate::broker::Broker;
 use crate::generator::Generator;

@@ -54,6 +54,9 @@ pub struct TestEnv {
     pub http: reqwest::Client,
     pub addr: SocketAddr,
     pub topology: Topology,
+    /// Base URL of the sender's HTTP port (ops and receipt routes).
+    pub sender_url: String,
+    sender_listener: Option<tokio::net::TcpListener>,
     dir: tempfile::TempDir,
     generator: Option<(CancellationToken, JoinHandle<()>)>,
     sender: Option<(CancellationToken, JoinHandle<()>)>,
@@ -70,6 +73,12 @@ impl TestEnv {
     /// Starts a generator and a webhook sender; the fake carrier has no mocks
     /// yet (it answers 404) until the test mounts some.
     pub async fn start_bare() -> Self {
+        Self::start_with(|_, _| {}).await
+    }
+
+    /// Like `start_bare`, letting the test change the configuration first. The
+    /// closure also gets the sender's base URL (for receipt callback URLs).
+    pub async fn start_with(customize: impl FnOnce(&mut Config, &str)) -> Self {
         require_rabbitmq().await;
         let carrier = MockServer::start().await;
         let prefix = format!("t-{}.", &uuid::Uuid::new_v4().simple().to_string()[..12]);
@@ -86,8 +95,13 @@ impl TestEnv {
         config.sender.retry.max_delay_ms = 50;
         config.carriers.webhook.url = format!("{}/sms", carrier.uri());
         config.carriers.webhook.token = Some("carrier-token".into());
+        let sender_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let sender_url = format!("http://{}", sender_listener.local_addr().unwrap());
+        customize(&mut config, &sender_url);
         let topology = Topology::new(&prefix, None);
         let mut env = Self {
+            sender_listener: Some(sender_listener),
+            sender_url,
             prefix,
             config,
             carrier,
@@ -148,9 +162,8 @@ impl TestEnv {
 
     pub async fn start_sender(&mut self) {
         let clock: Arc<dyn Clock> = Arc::new(self.sender_clock.clone());
-        let app = SenderApp::build(&self.config, clock, false)
-            .await
-            .expect("sender builds");
+        let listener = self.sender_listener.take();
+        let app = SenderApp::build_on(&self.config, clock, listener).expect("sender builds");
         let broker = app.broker();
         let token = CancellationToken::new();
         let handle = tokio::spawn({
