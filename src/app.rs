@@ -151,10 +151,18 @@ pub struct SenderApp {
 
 impl SenderApp {
     /// Builds the carriers; binds `sender.listen` if `with_http`.
-    pub async fn build(config: &Config, clock: Arc<dyn Clock>, with_http: bool) -> Result<Self, AppError> {
+    pub async fn build(
+        config: &Config,
+        clock: Arc<dyn Clock>,
+        with_http: bool,
+    ) -> Result<Self, AppError> {
         let listener = if with_http {
             let addr = config.sender.listen;
-            Some(TcpListener::bind(addr).await.map_err(|source| AppError::Http { addr, source })?)
+            Some(
+                TcpListener::bind(addr)
+                    .await
+                    .map_err(|source| AppError::Http { addr, source })?,
+            )
         } else {
             None
         };
@@ -162,12 +170,25 @@ impl SenderApp {
     }
 
     /// Builds the carriers, serving ops and receipt routes on `listener` if given.
-    pub fn build_on(config: &Config, clock: Arc<dyn Clock>, listener: Option<TcpListener>) -> Result<Self, AppError> {
+    pub fn build_on(
+        config: &Config,
+        clock: Arc<dyn Clock>,
+        listener: Option<TcpListener>,
+    ) -> Result<Self, AppError> {
         telemetry::metrics();
         let broker = Broker::new(&config.broker, "otp-sender");
         let sender = Arc::new(Sender::from_config(config, broker.clone(), clock.clone())?);
-        let receipts = http::ReceiptState { carriers: Arc::new(config.carriers.clone()), broker: broker.clone(), clock };
-        Ok(Self { sender, broker, listener, receipts })
+        let receipts = http::ReceiptState {
+            carriers: Arc::new(config.carriers.clone()),
+            broker: broker.clone(),
+            clock,
+        };
+        Ok(Self {
+            sender,
+            broker,
+            listener,
+            receipts,
+        })
     }
 
     /// The bound ops address, if any.
@@ -188,12 +209,21 @@ impl SenderApp {
     /// Runs until `shutdown`, finishing in-flight deliveries first.
     pub async fn run(self, shutdown: CancellationToken) -> Result<(), AppError> {
         let queue = self.broker.topology().deliveries.clone();
-        let subscriptions = vec![Subscription { queue, handler: Arc::new(DeliveryHandler(self.sender.clone())) }];
+        let subscriptions = vec![Subscription {
+            queue,
+            handler: Arc::new(DeliveryHandler(self.sender.clone())),
+        }];
         let consuming = tokio::spawn(self.broker.clone().run(subscriptions, shutdown.clone()));
         if let Some(listener) = self.listener {
-            let addr = listener.local_addr().map_err(|source| AppError::Http { addr: ([0, 0, 0, 0], 0).into(), source })?;
-            let router = http::ops_router(self.broker.clone(), telemetry::metrics()).merge(http::receipts_router(self.receipts));
-            http::serve(listener, router, shutdown.clone()).await.map_err(|source| AppError::Http { addr, source })?;
+            let addr = listener.local_addr().map_err(|source| AppError::Http {
+                addr: ([0, 0, 0, 0], 0).into(),
+                source,
+            })?;
+            let router = http::ops_router(self.broker.clone(), telemetry::metrics())
+                .merge(http::receipts_router(self.receipts));
+            http::serve(listener, router, shutdown.clone())
+                .await
+                .map_err(|source| AppError::Http { addr, source })?;
         }
         let _ = consuming.await;
         tracing::info!("sender stopped");

@@ -242,7 +242,9 @@ impl Sender {
         let attempt = || async {
             // Checked before every attempt: a retry never sends an expired code.
             if clock.now() >= expires_at {
-                return Err(CarrierError::Permanent { reason: "expired".into() });
+                return Err(CarrierError::Permanent {
+                    reason: "expired".into(),
+                });
             }
             slot.attempt(sms).await
         };

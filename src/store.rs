@@ -330,7 +330,9 @@ impl Store {
             // after a later state (a fast user can verify before `sent` lands).
             if r.carrier.is_none() || applied {
                 r.carrier = carrier.map(str::to_owned).or(r.carrier.take());
-                r.carrier_message_id = carrier_message_id.map(str::to_owned).or(r.carrier_message_id.take());
+                r.carrier_message_id = carrier_message_id
+                    .map(str::to_owned)
+                    .or(r.carrier_message_id.take());
             }
             if applied {
                 r.status = next;
@@ -576,13 +578,38 @@ mod tests {
         let (_d, store, key) = setup();
         let now = OffsetDateTime::now_utc();
         let req = request("r1");
-        store.issue(&req, &record(&key, &req, "111111", now), now).unwrap();
+        store
+            .issue(&req, &record(&key, &req, "111111", now), now)
+            .unwrap();
         let code = Code::parse("111111").unwrap();
-        assert_eq!(store.verify(&req.phone, &code, &key, now).unwrap().0.label(), "approved");
-        let applied = store.apply_event("r1", EventKind::Sent, Some("twilio"), Some("SM1"), None, now).unwrap();
+        assert_eq!(
+            store
+                .verify(&req.phone, &code, &key, now)
+                .unwrap()
+                .0
+                .label(),
+            "approved"
+        );
+        let applied = store
+            .apply_event(
+                "r1",
+                EventKind::Sent,
+                Some("twilio"),
+                Some("SM1"),
+                None,
+                now,
+            )
+            .unwrap();
         assert!(!applied, "verified stays verified");
         let r = store.request("r1").unwrap().unwrap();
-        assert_eq!((r.status, r.carrier.as_deref(), r.carrier_message_id.as_deref()), (RequestStatus::Verified, Some("twilio"), Some("SM1")));
+        assert_eq!(
+            (
+                r.status,
+                r.carrier.as_deref(),
+                r.carrier_message_id.as_deref()
+            ),
+            (RequestStatus::Verified, Some("twilio"), Some("SM1"))
+        );
     }
 
     #[test]

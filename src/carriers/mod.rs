@@ -4,6 +4,7 @@
 mod console;
 pub mod msg91;
 pub mod twilio;
+mod util;
 pub mod vonage;
 mod webhook;
 
@@ -75,6 +76,30 @@ impl CarrierError {
     /// Whether a retry may succeed.
     pub fn is_retryable(&self) -> bool {
         matches!(self, Self::Retryable { .. })
+    }
+
+    /// Defence in depth: the same error with `code` masked in its reason,
+    /// should a carrier echo the SMS text back.
+    pub fn scrub(self, code: &str) -> Self {
+        let clean = |reason: String| {
+            if code.is_empty() {
+                reason
+            } else {
+                reason.replace(code, "<code>")
+            }
+        };
+        match self {
+            Self::Retryable {
+                reason,
+                retry_after,
+            } => Self::Retryable {
+                reason: clean(reason),
+                retry_after,
+            },
+            Self::Permanent { reason } => Self::Permanent {
+                reason: clean(reason),
+            },
+        }
     }
 
     /// A short label for metrics.

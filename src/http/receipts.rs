@@ -45,14 +45,18 @@ pub fn router(state: ReceiptState) -> Router {
 }
 
 fn query_pairs(query: Option<&str>) -> Vec<(String, String)> {
-    query.and_then(|q| serde_urlencoded::from_str(q).ok()).unwrap_or_default()
+    query
+        .and_then(|q| serde_urlencoded::from_str(q).ok())
+        .unwrap_or_default()
 }
 
 async fn twilio(State(state): State<ReceiptState>, headers: HeaderMap, body: Bytes) -> Response {
     let result = match state.carriers.twilio.as_ref() {
         Some(config) => match config.status_callback.as_deref() {
             Some(url) => {
-                let signature = headers.get("x-twilio-signature").and_then(|v| v.to_str().ok());
+                let signature = headers
+                    .get("x-twilio-signature")
+                    .and_then(|v| v.to_str().ok());
                 carriers::twilio::receipt(config, url, signature, &body).map(|r| vec![r])
             }
             None => Err(ReceiptError::NotConfigured("twilio")),
@@ -62,7 +66,12 @@ async fn twilio(State(state): State<ReceiptState>, headers: HeaderMap, body: Byt
     state.forward("twilio", result).await
 }
 
-async fn vonage(State(state): State<ReceiptState>, RawQuery(query): RawQuery, headers: HeaderMap, body: Bytes) -> Response {
+async fn vonage(
+    State(state): State<ReceiptState>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
     let mut params = query_pairs(query.as_deref());
     let is_json = headers
         .get(header::CONTENT_TYPE)
@@ -74,7 +83,11 @@ async fn vonage(State(state): State<ReceiptState>, RawQuery(query): RawQuery, he
                 serde_json::Value::String(s) => (k, s),
                 other => (k, other.to_string()),
             })),
-            Err(e) => return state.forward("vonage", Err(ReceiptError::Malformed(e.to_string()))).await,
+            Err(e) => {
+                return state
+                    .forward("vonage", Err(ReceiptError::Malformed(e.to_string())))
+                    .await;
+            }
         }
     } else if !body.is_empty() {
         params.extend(query_pairs(std::str::from_utf8(&body).ok()));
@@ -86,9 +99,16 @@ async fn vonage(State(state): State<ReceiptState>, RawQuery(query): RawQuery, he
     state.forward("vonage", result).await
 }
 
-async fn msg91(State(state): State<ReceiptState>, RawQuery(query): RawQuery, body: Bytes) -> Response {
+async fn msg91(
+    State(state): State<ReceiptState>,
+    RawQuery(query): RawQuery,
+    body: Bytes,
+) -> Response {
     let params = query_pairs(query.as_deref());
-    let token = params.iter().find(|(k, _)| k == "token").map(|(_, v)| v.as_str());
+    let token = params
+        .iter()
+        .find(|(k, _)| k == "token")
+        .map(|(_, v)| v.as_str());
     let result = match state.carriers.msg91.as_ref() {
         Some(config) => carriers::msg91::receipts(config, token, &body),
         None => Err(ReceiptError::NotConfigured("msg91")),
@@ -98,7 +118,11 @@ async fn msg91(State(state): State<ReceiptState>, RawQuery(query): RawQuery, bod
 
 impl ReceiptState {
     /// Counts, forwards the final ones to the generator, and answers the carrier.
-    async fn forward(&self, carrier: &'static str, result: Result<Vec<Receipt>, ReceiptError>) -> Response {
+    async fn forward(
+        &self,
+        carrier: &'static str,
+        result: Result<Vec<Receipt>, ReceiptError>,
+    ) -> Response {
         let receipts = match result {
             Ok(r) => r,
             Err(e) => {
@@ -107,7 +131,8 @@ impl ReceiptState {
                     ReceiptError::Malformed(_) => (StatusCode::BAD_REQUEST, "malformed"),
                     ReceiptError::NotConfigured(_) => (StatusCode::NOT_FOUND, "not_configured"),
                 };
-                metrics::counter!(names::RECEIPTS, "carrier" => carrier, "status" => label).increment(1);
+                metrics::counter!(names::RECEIPTS, "carrier" => carrier, "status" => label)
+                    .increment(1);
                 tracing::warn!(carrier, error = %e, "delivery receipt refused");
                 return (status, axum::Json(json!({"error": e.to_string()}))).into_response();
             }
@@ -124,10 +149,18 @@ impl ReceiptState {
                 error: receipt.error,
                 at: self.clock.now(),
             };
-            if let Err(e) = self.broker.publish_to_exchange(Topology::RECEIPT_KEY, &message, true).await {
+            if let Err(e) = self
+                .broker
+                .publish_to_exchange(Topology::RECEIPT_KEY, &message, true)
+                .await
+            {
                 // The carrier retries a callback that did not get a 2xx.
                 tracing::warn!(carrier, error = %e, "could not forward a delivery receipt");
-                return (StatusCode::SERVICE_UNAVAILABLE, axum::Json(json!({"error": "try again"}))).into_response();
+                return (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    axum::Json(json!({"error": "try again"})),
+                )
+                    .into_response();
             }
         }
         StatusCode::OK.into_response()
