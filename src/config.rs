@@ -420,12 +420,15 @@ pub struct VonageConfig {
     /// `api_secret` (or sign requests with `signature_secret`).
     #[serde(default)]
     pub api_secret: Option<String>,
-    /// Signature secret: requests are signed (`sig`, HMAC-SHA-256) instead of sending `api_secret`.
+    /// Signature secret: requests are signed (`sig`, HMAC-SHA-256) instead of
+    /// sending `api_secret`. Set the account's signing method to "SHA-256 HMAC"
+    /// in Vonage's dashboard.
     #[serde(default)]
     pub signature_secret: Option<String>,
     /// Sender id or number.
     pub from: String,
-    /// Public URL of this sender's `/receipts/vonage`, sent as `callback`.
+    /// Public URL of this sender's `/receipts/vonage`, sent as `callback`
+    /// (Vonage accepts at most 100 characters).
     #[serde(default)]
     pub callback: Option<String>,
     /// Secret expected as `?token=` on `/receipts/vonage` (append it to `callback`).
