@@ -3,6 +3,7 @@
 
 mod all_in_one;
 mod bench;
+mod fake_carrier;
 mod generator;
 mod publish;
 mod sender;
@@ -33,6 +34,8 @@ enum Command {
     Publish(publish::Args),
     /// Load run of an in-process all-in-one pipeline (private prefix, temp dir).
     Bench(bench::Args),
+    /// A fake SMS carrier (Twilio, MSG91, Vonage and webhook APIs) on loopback.
+    FakeCarrier(fake_carrier::Args),
 }
 
 #[tokio::main]
@@ -46,5 +49,6 @@ async fn main() -> anyhow::Result<()> {
         Command::Sender => sender::run(config).await,
         Command::Publish(args) => publish::run(config, args).await,
         Command::Bench(args) => bench::run(config, args).await,
+        Command::FakeCarrier(args) => fake_carrier::run(args).await,
     }
 }
