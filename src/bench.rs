@@ -1,17 +1,18 @@
 //! A load run of the all-in-one pipeline on this machine: an in-process
-//! generator and sender (webhook carrier pointed at an in-process collector),
-//! under a private queue prefix and a temporary data directory.
+//! generator and sender under a private queue prefix and a temporary data
+//! directory, sending through two fake carriers (Twilio API first, Vonage API
+//! as failover), optionally with the primary failing a share of requests.
 //!
-//! It measures request throughput (first publish → last SMS at the carrier),
-//! per-request latency (publish → SMS received), and `POST /v1/verify`
-//! latency and rate with every code it collected.
+//! It measures throughput (first publish → last SMS accepted), per-request
+//! latency (publish → SMS accepted by a carrier), how many were delivered and
+//! through which carrier, and `POST /v1/verify` latency and rate with every
+//! code it collected.
 
 use crate::app::{GeneratorApp, SenderApp};
 use crate::broker::{Topology, json_properties};
-use crate::config::Config;
+use crate::config::{Config, RouteEntry, TwilioConfig, VonageConfig};
 use crate::domain::{RawRequest, SystemClock};
-use axum::Json;
-use axum::extract::State;
+use crate::fake_carrier::{FakeCarrier, FakeCarrierConfig, ReceivedSms};
 use hdrhistogram::Histogram;
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use lapin::{Connection, ConnectionProperties};
@@ -40,8 +41,9 @@ pub enum BenchError {
     Incomplete(&'static str),
 }
 
+/// Microseconds from 1 µs to 10 minutes, 3 significant figures.
 fn histogram() -> Histogram<u64> {
-    Histogram::new(3).expect("3 significant figures is valid")
+    Histogram::new_with_bounds(1, 600_000_000, 3).expect("valid bounds")
 }
 
 /// What to run.
@@ -49,36 +51,62 @@ fn histogram() -> Histogram<u64> {
 pub struct BenchOptions {
     /// OTP requests to publish.
     pub requests: usize,
+    /// Offered load in requests per second; `None` publishes as fast as confirms allow.
+    pub rate: Option<u32>,
     /// Publishes awaiting their confirm at once.
     pub publish_window: usize,
     /// Concurrent HTTP clients for the verify phase.
     pub verify_concurrency: usize,
+    /// Share of requests the primary carrier fails with a retryable error (0–1).
+    pub primary_error_rate: f64,
 }
 
 /// The figures of one run.
 #[derive(Debug, Clone)]
 pub struct BenchReport {
-    /// Requests published and delivered.
-    pub requests: usize,
+    /// The options of the run.
+    pub options: BenchOptions,
+    /// SMS accepted by a carrier.
+    pub delivered: usize,
+    /// Of those, accepted by the failover carrier.
+    pub via_failover: usize,
+    /// Attempts the primary carrier refused.
+    pub primary_errors: usize,
     /// Delivered SMS per second, first publish → last SMS.
     pub otp_per_sec: f64,
-    /// Publish → SMS at the carrier, p50 / p99 / max, milliseconds.
+    /// Publish → SMS accepted, p50 / p99 / max, milliseconds.
     pub delivery_ms: (f64, f64, f64),
     /// Verifications per second.
     pub verify_per_sec: f64,
     /// Verify round trip p50 / p99 / max, milliseconds.
     pub verify_ms: (f64, f64, f64),
-    /// Verifications approved (should equal `requests`).
+    /// Verifications approved.
     pub approved: usize,
 }
 
 impl std::fmt::Display for BenchReport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let o = &self.options;
+        let offered = o
+            .rate
+            .map_or("as fast as possible".to_owned(), |r| format!("{r}/s"));
         writeln!(f, "| measure | value |\n|---|---|")?;
-        writeln!(f, "| requests | {} |", self.requests)?;
+        writeln!(f, "| requests (offered) | {} ({offered}) |", o.requests)?;
         writeln!(
             f,
-            "| pipeline throughput (publish → SMS at carrier) | {:.0} OTP/s |",
+            "| primary carrier error rate | {:.0} % |",
+            o.primary_error_rate * 100.0
+        )?;
+        let pct = 100.0 * self.delivered as f64 / o.requests as f64;
+        writeln!(
+            f,
+            "| delivered | {} ({pct:.2} %), {} via failover |",
+            self.delivered, self.via_failover
+        )?;
+        writeln!(f, "| primary carrier errors | {} |", self.primary_errors)?;
+        writeln!(
+            f,
+            "| pipeline throughput (publish → SMS accepted) | {:.0} OTP/s |",
             self.otp_per_sec
         )?;
         let (p50, p99, max) = self.delivery_ms;
@@ -88,8 +116,8 @@ impl std::fmt::Display for BenchReport {
         )?;
         writeln!(
             f,
-            "| verify throughput | {:.0} req/s |",
-            self.verify_per_sec
+            "| verify throughput ({} clients) | {:.0} req/s |",
+            o.verify_concurrency, self.verify_per_sec
         )?;
         let (p50, p99, max) = self.verify_ms;
         writeln!(
@@ -99,37 +127,9 @@ impl std::fmt::Display for BenchReport {
         write!(
             f,
             "| verifications approved | {} / {} |",
-            self.approved, self.requests
+            self.approved, self.delivered
         )
     }
-}
-
-#[derive(Default)]
-struct Collected {
-    sms: HashMap<String, (String, Instant)>,
-}
-
-type Collector = Arc<Mutex<Collected>>;
-
-async fn receive(
-    State(collected): State<Collector>,
-    Json(body): Json<serde_json::Value>,
-) -> Json<serde_json::Value> {
-    let now = Instant::now();
-    let id = body["request_id"].as_str().unwrap_or_default().to_owned();
-    let code = body["text"]
-        .as_str()
-        .unwrap_or_default()
-        .split(|c: char| !c.is_ascii_digit())
-        .find(|run| run.len() >= 4)
-        .unwrap_or_default()
-        .to_owned();
-    collected
-        .lock()
-        .expect("collector lock")
-        .sms
-        .insert(id, (code, now));
-    Json(serde_json::json!({"id": "bench"}))
 }
 
 fn millis(h: &Histogram<u64>) -> (f64, f64, f64) {
@@ -141,17 +141,51 @@ fn millis(h: &Histogram<u64>) -> (f64, f64, f64) {
     )
 }
 
+fn phone(i: usize) -> String {
+    format!("+1415{}", 2_000_000 + i)
+}
+
+/// A fake carrier and the instant its arrival times count from.
+struct Carrier {
+    fake: FakeCarrier,
+    zero: Instant,
+}
+
+impl Carrier {
+    async fn start(config: FakeCarrierConfig) -> Result<Self, BenchError> {
+        let fake = FakeCarrier::start(([127, 0, 0, 1], 0).into(), config).await?;
+        Ok(Self {
+            zero: fake.epoch(),
+            fake,
+        })
+    }
+
+    fn accepted(&self) -> Vec<(ReceivedSms, Instant)> {
+        self.fake
+            .messages()
+            .into_iter()
+            .filter(|m| m.accepted)
+            .map(|m| {
+                let at = self.zero + Duration::from_micros(m.at_us);
+                (m, at)
+            })
+            .collect()
+    }
+}
+
 /// Runs the benchmark against the broker in `base` (its URL is used; names
 /// get a private prefix, and everything is deleted afterwards).
 pub async fn run(base: &Config, options: BenchOptions) -> Result<BenchReport, BenchError> {
-    let collected: Collector = Arc::default();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let carrier_addr = listener.local_addr()?;
-    let stop = CancellationToken::new();
-    let router = axum::Router::new()
-        .route("/sms", axum::routing::post(receive))
-        .with_state(collected.clone());
-    let carrier = tokio::spawn(crate::http::serve(listener, router, stop.clone()));
+    let quiet = FakeCarrierConfig {
+        receipts: false,
+        ..Default::default()
+    };
+    let primary = Carrier::start(FakeCarrierConfig {
+        error_rate: options.primary_error_rate,
+        ..quiet.clone()
+    })
+    .await?;
+    let failover = Carrier::start(quiet).await?;
 
     let dir = std::env::temp_dir().join(format!("otp-bench-{}", uuid::Uuid::new_v4().simple()));
     let prefix = format!("bench-{}.", &uuid::Uuid::new_v4().simple().to_string()[..8]);
@@ -162,13 +196,43 @@ pub async fn run(base: &Config, options: BenchOptions) -> Result<BenchReport, Be
     config.store.data_dir = dir.clone();
     config.http.listen = ([127, 0, 0, 1], 0).into();
     config.http.api_keys = vec![api_key.clone()];
-    config.routing.default = vec![crate::config::RouteEntry::Name("webhook".into())];
-    config.carriers.webhook.url = format!("http://{carrier_addr}/sms");
+    config.carriers.twilio = Some(TwilioConfig {
+        base_url: primary.fake.base_url(),
+        account_sid: "ACbench".into(),
+        auth_token: "bench-token".into(),
+        api_key_sid: None,
+        api_key_secret: None,
+        from: Some("+15005550006".into()),
+        messaging_service_sid: None,
+        status_callback: None,
+        timeout_ms: 5_000,
+    });
+    config.carriers.vonage = Some(VonageConfig {
+        base_url: failover.fake.base_url(),
+        api_key: "bench".into(),
+        api_secret: Some("bench-secret".into()),
+        signature_secret: None,
+        from: "OTP".into(),
+        callback: None,
+        receipt_token: None,
+        timeout_ms: 5_000,
+    });
+    config.routing.default = vec![
+        RouteEntry::Weighted {
+            carrier: "twilio".into(),
+            weight: 1,
+        },
+        RouteEntry::Weighted {
+            carrier: "vonage".into(),
+            weight: 0,
+        },
+    ];
 
     let generator = GeneratorApp::build(&config, Arc::new(SystemClock)).await?;
     let sender = SenderApp::build(&config, Arc::new(SystemClock), false).await?;
     let api = generator.local_addr();
     let (g_broker, s_broker) = (generator.broker(), sender.broker());
+    let stop = CancellationToken::new();
     let apps = tokio::spawn({
         let stop = stop.clone();
         async move { tokio::join!(generator.run(stop.clone()), sender.run(stop)) }
@@ -181,7 +245,7 @@ pub async fn run(base: &Config, options: BenchOptions) -> Result<BenchReport, Be
         ));
     }
 
-    // Publish phase: confirms pipelined within a window.
+    // Publish phase: paced (or not), confirms pipelined within a window.
     let topology = Topology::new(&prefix, None);
     let connection =
         Connection::connect(&config.broker.url, ConnectionProperties::default()).await?;
@@ -193,13 +257,17 @@ pub async fn run(base: &Config, options: BenchOptions) -> Result<BenchReport, Be
     let mut pending = std::collections::VecDeque::new();
     let started = Instant::now();
     for i in 0..options.requests {
+        if let Some(rate) = options.rate {
+            let due = started + Duration::from_secs_f64(i as f64 / f64::from(rate.max(1)));
+            tokio::time::sleep_until(due.into()).await;
+        }
         let request = RawRequest {
             request_id: format!("bench-{i}"),
-            phone: format!("+1415{}", 2_000_000 + i),
+            phone: phone(i),
             ..Default::default()
         };
         let body = serde_json::to_vec(&request).expect("requests serialize");
-        published_at.insert(request.request_id.clone(), Instant::now());
+        published_at.insert(request.phone.clone(), Instant::now());
         let confirm = channel
             .basic_publish(
                 topology.exchange.as_str().into(),
@@ -210,38 +278,54 @@ pub async fn run(base: &Config, options: BenchOptions) -> Result<BenchReport, Be
             )
             .await?;
         pending.push_back(confirm);
-        if pending.len() >= options.publish_window
-            && let Some(c) = pending.pop_front()
-        {
-            c.await?;
+        while pending.len() >= options.publish_window {
+            if let Some(c) = pending.pop_front() {
+                c.await?;
+            }
         }
     }
     for c in pending {
         c.await?;
     }
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while collected.lock().expect("collector lock").sms.len() < options.requests {
-        if Instant::now() > deadline {
-            return Err(BenchError::Incomplete("not every SMS arrived within 120 s"));
+    // Wait until every request is delivered, or nothing moved for 30 s.
+    let mut last_count = 0;
+    let mut last_change = Instant::now();
+    loop {
+        let count = primary.accepted().len() + failover.accepted().len();
+        if count >= options.requests {
+            break;
         }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    let sms = std::mem::take(&mut collected.lock().expect("collector lock").sms);
-    let last = sms.values().map(|(_, at)| *at).max().unwrap_or(started);
-    let otp_per_sec = options.requests as f64 / (last - started).as_secs_f64();
-    let mut delivery = histogram();
-    for (id, (_, at)) in &sms {
-        delivery.saturating_record((*at - published_at[id]).as_micros() as u64);
+        if count != last_count {
+            (last_count, last_change) = (count, Instant::now());
+        } else if last_change.elapsed() > Duration::from_secs(30) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
     }
     let _ = connection.close(200, "bye".into()).await;
+    let via_primary = primary.accepted();
+    let via_failover = failover.accepted();
+    let primary_errors = primary
+        .fake
+        .messages()
+        .iter()
+        .filter(|m| !m.accepted)
+        .count();
+    let delivered: Vec<_> = via_primary.iter().chain(&via_failover).collect();
+    let last = delivered.iter().map(|(_, at)| *at).max().unwrap_or(started);
+    let otp_per_sec = delivered.len() as f64 / (last - started).as_secs_f64().max(1e-9);
+    let mut delivery = histogram();
+    for (sms, at) in &delivered {
+        if let Some(sent) = published_at.get(&sms.to) {
+            delivery.saturating_record(at.saturating_duration_since(*sent).as_micros() as u64);
+        }
+    }
 
     // Verify phase: every collected code, `verify_concurrency` clients.
     let work: Arc<Mutex<Vec<(String, String)>>> = Arc::new(Mutex::new(
-        sms.into_iter()
-            .map(|(id, (code, _))| {
-                let i: usize = id.trim_start_matches("bench-").parse().unwrap_or(0);
-                (format!("+1415{}", 2_000_000 + i), code)
-            })
+        delivered
+            .iter()
+            .filter_map(|(sms, _)| Some((sms.to.clone(), sms.code.clone()?)))
             .collect(),
     ));
     let client = reqwest::Client::builder()
@@ -278,20 +362,24 @@ pub async fn run(base: &Config, options: BenchOptions) -> Result<BenchReport, Be
         verify.add(hist).expect("histograms of one shape add up");
         approved += ok;
     }
-    let verify_per_sec = options.requests as f64 / verify_started.elapsed().as_secs_f64();
+    let verify_per_sec = verify.len() as f64 / verify_started.elapsed().as_secs_f64();
 
     stop.cancel();
     let _ = apps.await;
-    let _ = carrier.await;
+    primary.fake.shutdown().await;
+    failover.fake.shutdown().await;
     cleanup(&config.broker.url, &topology).await;
     let _ = std::fs::remove_dir_all(&dir);
     Ok(BenchReport {
-        requests: options.requests,
+        delivered: delivered.len(),
+        via_failover: via_failover.len(),
+        primary_errors,
         otp_per_sec,
         delivery_ms: millis(&delivery),
         verify_per_sec,
         verify_ms: millis(&verify),
         approved,
+        options,
     })
 }
 

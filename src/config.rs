@@ -301,9 +301,9 @@ pub struct RetryConfig {
 impl Default for RetryConfig {
     fn default() -> Self {
         Self {
-            min_delay_ms: 200,
-            max_delay_ms: 10_000,
-            max_retries: 6,
+            min_delay_ms: 100,
+            max_delay_ms: 2_000,
+            max_retries: 2,
         }
     }
 }

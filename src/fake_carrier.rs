@@ -217,6 +217,9 @@ pub struct ReceivedSms {
     pub request_id: Option<String>,
     /// Arrival, milliseconds since the server started.
     pub at_ms: u64,
+    /// Arrival, microseconds since the server started (for latency figures).
+    #[serde(default)]
+    pub at_us: u64,
     /// False when an outage, error or throttle refused it.
     pub accepted: bool,
 }
@@ -309,6 +312,10 @@ impl FakeCarrierState {
     /// Forgets every received send.
     pub fn clear_messages(&self) {
         lock(&self.inner.messages).clear();
+    }
+
+    fn now_us(&self) -> u64 {
+        u64::try_from(self.inner.started.elapsed().as_micros()).unwrap_or(u64::MAX)
     }
 
     fn now_ms(&self) -> u64 {
@@ -444,6 +451,11 @@ impl FakeCarrier {
     /// Every send received so far (accepted and refused), in arrival order.
     pub fn messages(&self) -> Vec<ReceivedSms> {
         self.state.messages()
+    }
+
+    /// The instant `at_ms` / `at_us` count from.
+    pub fn epoch(&self) -> Instant {
+        self.state.inner.started
     }
 
     /// Forgets every received send.
@@ -655,6 +667,7 @@ async fn twilio_send(
         message_id: String::new(),
         request_id: None,
         at_ms: state.now_ms(),
+        at_us: state.now_us(),
         accepted: fault.is_none(),
     };
     if let Some(fault) = fault {
@@ -832,7 +845,7 @@ async fn msg91_send(
     } else {
         String::new()
     };
-    let at_ms = state.now_ms();
+    let (at_ms, at_us) = (state.now_ms(), state.now_us());
     for (to, code) in &targets {
         let sms = ReceivedSms {
             carrier: MSG91.into(),
@@ -842,6 +855,7 @@ async fn msg91_send(
             message_id: request_id.clone(),
             request_id: None,
             at_ms,
+            at_us,
             accepted: fault.is_none(),
         };
         state.record(sms, fault);
@@ -996,6 +1010,7 @@ async fn vonage_send(
         message_id: String::new(),
         request_id: client_ref.clone(),
         at_ms: state.now_ms(),
+        at_us: state.now_us(),
         accepted: fault.is_none(),
     };
     if let Some(fault) = fault {
@@ -1093,6 +1108,7 @@ async fn webhook_send(State(state): State<FakeCarrierState>, body: Bytes) -> Res
         message_id: id.clone(),
         request_id: sms.request_id,
         at_ms: state.now_ms(),
+        at_us: state.now_us(),
         accepted: fault.is_none(),
     };
     state.record(received, fault);

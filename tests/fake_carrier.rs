@@ -175,6 +175,7 @@ async fn twilio_send_is_recorded_and_its_signed_status_callbacks_arrive() {
             message_id: sid.clone(),
             request_id: None,
             at_ms: recorded[0].at_ms,
+            at_us: recorded[0].at_us,
             accepted: true,
         }
     );
