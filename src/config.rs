@@ -573,6 +573,17 @@ mod tests {
     }
 
     #[test]
+    fn every_shipped_config_file_loads() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("config");
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().is_some_and(|e| e == "toml") {
+                Config::load(Some(&path)).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            }
+        }
+    }
+
+    #[test]
     #[allow(clippy::result_large_err)] // figment's Jail API
     fn environment_overrides_the_file() {
         figment::Jail::expect_with(|jail| {

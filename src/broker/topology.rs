@@ -37,7 +37,8 @@ impl Topology {
     pub const REASON_HEADER: &'static str = "x-otp-reason";
 
     /// Names under `prefix` (empty for the contract's defaults).
-    /// `queue_expires_ms` (tests only) lets idle queues delete themselves.
+    /// `queue_expires_ms` (tests only) lets idle queues delete themselves,
+    /// and the exchanges with them.
     pub fn new(prefix: &str, queue_expires_ms: Option<u32>) -> Self {
         let name = |s: &str| format!("{prefix}{s}");
         Self {
@@ -68,8 +69,10 @@ impl Topology {
     /// Declares (idempotently) everything: durable exchanges and queues,
     /// bindings, and the dead-letter route of each work queue.
     pub async fn declare(&self, channel: &Channel) -> Result<(), lapin::Error> {
+        // With expiring queues (tests), exchanges go once their last queue has.
         let durable = ExchangeDeclareOptions {
             durable: true,
+            auto_delete: self.queue_expires_ms.is_some(),
             ..Default::default()
         };
         for exchange in [&self.exchange, &self.dlx] {
