@@ -201,6 +201,11 @@ impl SenderApp {
         self.broker.clone()
     }
 
+    /// The carriers this sender routes to, comma-separated (for start-up messages).
+    pub fn carriers(&self) -> String {
+        self.sender.carrier_names().join(", ")
+    }
+
     /// The carriers' delivery-receipt routes (to mount elsewhere in all-in-one mode).
     pub fn receipt_routes(&self) -> axum::Router {
         http::receipts_router(self.receipts.clone())

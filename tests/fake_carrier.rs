@@ -14,6 +14,15 @@ use wiremock::{Mock, MockServer, ResponseTemplate};
 
 const ACCOUNT: &str = "AC0123456789abcdef0123456789abcdef";
 const TO: &str = "+14155550123";
+/// A complete, valid Vonage send.
+const VONAGE_SEND: [(&str, &str); 5] = [
+    ("api_key", "key"),
+    ("api_secret", "secret"),
+    ("from", "OTP"),
+    ("to", "14155550123"),
+    ("text", TEXT),
+];
+
 const TEXT: &str =
     "otp-pipeline: your verification code is 482913. It expires in 5 min. Never share it.";
 const WAIT: Duration = Duration::from_secs(10);
@@ -517,17 +526,7 @@ async fn error_rate_one_gives_each_apis_error_shape() {
     assert_eq!(response.status(), StatusCode::INTERNAL_SERVER_ERROR);
     assert_eq!(json_of(response).await["type"], "error");
 
-    let response = vonage(
-        &fc,
-        &[
-            ("api_key", "key"),
-            ("api_secret", "secret"),
-            ("from", "OTP"),
-            ("to", "14155550123"),
-            ("text", TEXT),
-        ],
-    )
-    .await;
+    let response = vonage(&fc, &VONAGE_SEND).await;
     assert_eq!(response.status(), StatusCode::OK);
     let body = json_of(response).await;
     assert_eq!(body["messages"][0]["status"], "5");
@@ -577,17 +576,7 @@ async fn throttle_rate_one_gives_429_with_retry_after() {
     assert_eq!(retry_after(&response), Some("7"));
 
     // Vonage answers 200 with status "1" (Throttled).
-    let response = vonage(
-        &fc,
-        &[
-            ("api_key", "key"),
-            ("api_secret", "secret"),
-            ("from", "OTP"),
-            ("to", "14155550123"),
-            ("text", TEXT),
-        ],
-    )
-    .await;
+    let response = vonage(&fc, &VONAGE_SEND).await;
     assert_eq!(response.status(), StatusCode::OK);
     assert_eq!(json_of(response).await["messages"][0]["status"], "1");
 
@@ -627,17 +616,7 @@ async fn an_outage_window_covering_now_takes_down_only_the_named_carrier() {
         }],
         ..quick()
     });
-    let response = vonage(
-        &fc,
-        &[
-            ("api_key", "key"),
-            ("api_secret", "secret"),
-            ("from", "OTP"),
-            ("to", "14155550123"),
-            ("text", TEXT),
-        ],
-    )
-    .await;
+    let response = vonage(&fc, &VONAGE_SEND).await;
     assert_eq!(json_of(response).await["messages"][0]["status"], "5");
     assert_eq!(
         webhook(&fc, TO, "req-2").await.status(),

@@ -44,6 +44,17 @@ fn vonage(base_url: &str, sender_url: &str) -> VonageConfig {
     }
 }
 
+fn msg91(base_url: &str, receipt_token: Option<&str>) -> Msg91Config {
+    Msg91Config {
+        base_url: base_url.into(),
+        authkey: "msg91-key".into(),
+        template_id: "tmpl-1".into(),
+        code_variable: "otp".into(),
+        receipt_token: receipt_token.map(Into::into),
+        timeout_ms: 5_000,
+    }
+}
+
 fn route(entries: &[(&str, u32)]) -> Vec<RouteEntry> {
     entries
         .iter()
@@ -319,14 +330,7 @@ async fn country_routes_pick_the_carrier() {
     let base = carrier.base_url();
     let env = TestEnv::start_with(|c, sender| {
         two_carriers(c, &base, sender);
-        c.carriers.msg91 = Some(Msg91Config {
-            base_url: base.clone(),
-            authkey: "msg91-key".into(),
-            template_id: "tmpl-1".into(),
-            code_variable: "otp".into(),
-            receipt_token: None,
-            timeout_ms: 5_000,
-        });
+        c.carriers.msg91 = Some(msg91(&base, None));
         c.routing
             .countries
             .insert("91".into(), route(&[("msg91", 1), ("twilio", 0)]));
@@ -459,14 +463,7 @@ async fn vonage_and_msg91_receipts_need_their_token() {
     let env = TestEnv::start_with(|c, sender| {
         two_carriers(c, &base, sender);
         c.routing.default = route(&[("vonage", 1)]);
-        c.carriers.msg91 = Some(Msg91Config {
-            base_url: base.clone(),
-            authkey: "msg91-key".into(),
-            template_id: "tmpl-1".into(),
-            code_variable: "otp".into(),
-            receipt_token: Some("msg91-token".into()),
-            timeout_ms: 5_000,
-        });
+        c.carriers.msg91 = Some(msg91(&base, Some("msg91-token")));
         c.routing
             .countries
             .insert("91".into(), route(&[("msg91", 1)]));

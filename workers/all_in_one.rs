@@ -12,14 +12,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let generator = generator.merge_routes(sender.receipt_routes());
     crate::generator::announce(&generator);
     eprintln!(
-        "Carrier: {} — SMS appear below. Ctrl-C stops.",
-        config
-            .routing
-            .default
-            .iter()
-            .map(|r| r.carrier())
-            .collect::<Vec<_>>()
-            .join(", ")
+        "Carriers: {} (console prints SMS below). Ctrl-C stops.",
+        sender.carriers()
     );
     let shutdown = shutdown_on_signals();
     let (g, s) = tokio::join!(generator.run(shutdown.clone()), sender.run(shutdown));

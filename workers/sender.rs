@@ -11,13 +11,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     if let Some(addr) = app.local_addr() {
         eprintln!(
             "otp-pipeline sender ({}), metrics on http://{addr}/metrics",
-            config
-                .routing
-                .default
-                .iter()
-                .map(|r| r.carrier())
-                .collect::<Vec<_>>()
-                .join(", ")
+            app.carriers()
         );
     }
     app.run(shutdown_on_signals()).await?;

@@ -231,6 +231,31 @@ pub fn http_client(
         .map_err(|e| CarrierConfigError::Invalid(name, e.to_string()))
 }
 
+/// A carrier's whole answer to one request.
+#[derive(Debug)]
+pub struct Reply {
+    /// HTTP status.
+    pub status: reqwest::StatusCode,
+    /// `Retry-After`, in seconds form.
+    pub retry_after: Option<Duration>,
+    /// The body.
+    pub body: Vec<u8>,
+}
+
+/// Sends `request` and reads the whole answer. Network failures (connect,
+/// timeout, reset) are retryable.
+pub async fn exchange(request: reqwest::RequestBuilder) -> Result<Reply, CarrierError> {
+    let response = request.send().await.map_err(network_error)?;
+    let status = response.status();
+    let retry_after = retry_after(response.headers());
+    let body = response.bytes().await.map_err(network_error)?.to_vec();
+    Ok(Reply {
+        status,
+        retry_after,
+        body,
+    })
+}
+
 /// A network failure (connect, timeout, reset): retryable, without the URL
 /// (it may carry credentials).
 pub fn network_error(e: reqwest::Error) -> CarrierError {

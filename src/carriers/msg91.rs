@@ -11,7 +11,7 @@ use crate::broker::BoxFuture;
 use crate::carriers::util::short;
 use crate::carriers::{
     Accepted, Carrier, CarrierConfigError, CarrierError, Receipt, ReceiptError, ReceiptStatus, Sms,
-    network_error, retry_after, token_matches,
+    exchange, token_matches,
 };
 use crate::config::Msg91Config;
 use crate::domain::phone::{mask, redact_numbers};
@@ -101,20 +101,17 @@ impl Carrier for Msg91 {
                 "short_url": "0",
                 "recipients": [recipient],
             });
-            let response = self
-                .client
-                .post(self.url.clone())
-                .header("authkey", self.authkey.clone())
-                .header(ACCEPT, "application/json")
-                .header(CONTENT_TYPE, "application/json")
-                .body(body.to_string())
-                .send()
-                .await
-                .map_err(network_error)?;
-            let status = response.status();
-            let wait = retry_after(response.headers());
-            let answer = response.bytes().await.map_err(network_error)?;
-            let accepted = classify(status, &answer, wait).map_err(|e| e.scrub(&sms.code))?;
+            let reply = exchange(
+                self.client
+                    .post(self.url.clone())
+                    .header("authkey", self.authkey.clone())
+                    .header(ACCEPT, "application/json")
+                    .header(CONTENT_TYPE, "application/json")
+                    .body(body.to_string()),
+            )
+            .await?;
+            let accepted = classify(reply.status, &reply.body, reply.retry_after)
+                .map_err(|e| e.scrub(&sms.code))?;
             tracing::debug!(
                 to = %mask(&sms.to),
                 request_id = accepted.carrier_message_id.as_deref().unwrap_or("-"),

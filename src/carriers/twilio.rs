@@ -11,7 +11,7 @@ use crate::broker::BoxFuture;
 use crate::carriers::util::{http_url, non_empty, short};
 use crate::carriers::{
     Accepted, Carrier, CarrierConfigError, CarrierError, Receipt, ReceiptError, ReceiptStatus, Sms,
-    network_error, retry_after, token_matches,
+    exchange, token_matches,
 };
 use crate::config::TwilioConfig;
 use crate::domain::phone::{mask, redact_numbers};
@@ -157,22 +157,18 @@ impl Carrier for Twilio {
             if let Some(callback) = &self.status_callback {
                 form.push(("StatusCallback", callback));
             }
-            let response = self
-                .client
-                .post(self.url.clone())
-                .basic_auth(&self.user, Some(&self.password))
-                .header(reqwest::header::ACCEPT, "application/json")
-                .form(&form)
-                .send()
-                .await
-                .map_err(network_error)?;
-            let status = response.status();
-            let wait = retry_after(response.headers());
-            let body = response.bytes().await.map_err(network_error)?;
-            if !status.is_success() {
-                return Err(classify(status, &body, wait).scrub(&sms.code));
+            let reply = exchange(
+                self.client
+                    .post(self.url.clone())
+                    .basic_auth(&self.user, Some(&self.password))
+                    .header(reqwest::header::ACCEPT, "application/json")
+                    .form(&form),
+            )
+            .await?;
+            if !reply.status.is_success() {
+                return Err(classify(reply.status, &reply.body, reply.retry_after).scrub(&sms.code));
             }
-            let answer = Answer::parse(&body);
+            let answer = Answer::parse(&reply.body);
             tracing::debug!(
                 to = %mask(&sms.to),
                 sid = answer.sid.as_deref().unwrap_or("-"),

@@ -12,7 +12,7 @@ use crate::broker::BoxFuture;
 use crate::carriers::util::{http_url, non_empty};
 use crate::carriers::{
     Accepted, Carrier, CarrierConfigError, CarrierError, Receipt, ReceiptError, ReceiptStatus, Sms,
-    network_error, retry_after, token_matches,
+    exchange, token_matches,
 };
 use crate::config::VonageConfig;
 use crate::domain::phone::{mask, redact_numbers};
@@ -160,18 +160,15 @@ impl Carrier for Vonage {
     fn send<'a>(&'a self, sms: &'a Sms) -> BoxFuture<'a, Result<Accepted, CarrierError>> {
         Box::pin(async move {
             let params = self.params(sms, SystemTime::now());
-            let response = self
-                .client
-                .post(self.url.clone())
-                .header(reqwest::header::ACCEPT, "application/json")
-                .form(&params)
-                .send()
-                .await
-                .map_err(network_error)?;
-            let status = response.status();
-            let wait = retry_after(response.headers());
-            let body = response.bytes().await.map_err(network_error)?;
-            let accepted = classify(status, &body, wait).map_err(|e| e.scrub(&sms.code))?;
+            let reply = exchange(
+                self.client
+                    .post(self.url.clone())
+                    .header(reqwest::header::ACCEPT, "application/json")
+                    .form(&params),
+            )
+            .await?;
+            let accepted = classify(reply.status, &reply.body, reply.retry_after)
+                .map_err(|e| e.scrub(&sms.code))?;
             tracing::debug!(
                 to = %mask(&sms.to),
                 message_id = accepted.carrier_message_id.as_deref().unwrap_or("-"),

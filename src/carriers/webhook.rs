@@ -4,7 +4,7 @@
 //! any other status is permanent. Network errors and timeouts are retryable.
 
 use crate::broker::BoxFuture;
-use crate::carriers::{Accepted, Carrier, CarrierConfigError, CarrierError, Sms, retry_after};
+use crate::carriers::{Accepted, Carrier, CarrierConfigError, CarrierError, Sms, exchange};
 use crate::config::WebhookConfig;
 use reqwest::StatusCode;
 use serde::Serialize;
@@ -85,13 +85,12 @@ impl Carrier for Webhook {
             if let Some(token) = &self.token {
                 request = request.bearer_auth(token);
             }
-            let response = request
-                .send()
-                .await
-                .map_err(crate::carriers::network_error)?;
-            classify(response.status(), retry_after(response.headers()))?;
+            let reply = exchange(request).await?;
+            classify(reply.status, reply.retry_after)?;
             // Any 2xx is accepted; an id in a JSON answer is kept if present.
-            let id = response.json::<Answer>().await.ok().and_then(|a| a.id);
+            let id = serde_json::from_slice::<Answer>(&reply.body)
+                .ok()
+                .and_then(|a| a.id);
             Ok(Accepted {
                 carrier_message_id: id,
             })

@@ -272,11 +272,7 @@ impl TestEnv {
 
     /// A queue bound to every event of this prefix.
     pub async fn event_tap(&self) -> EventTap {
-        let connection =
-            Connection::connect(&self.config.broker.url, ConnectionProperties::default())
-                .await
-                .unwrap();
-        let channel = connection.create_channel().await.unwrap();
+        let (connection, channel) = open_channel().await;
         let queue = channel
             .queue_declare(
                 "".into(),
@@ -320,11 +316,7 @@ impl TestEnv {
 
     /// Takes every message now in the dead-letter queue: (body, x-otp-error, x-otp-reason).
     pub async fn dead_letters(&self) -> Vec<(Vec<u8>, String, String)> {
-        let connection =
-            Connection::connect(&self.config.broker.url, ConnectionProperties::default())
-                .await
-                .unwrap();
-        let channel = connection.create_channel().await.unwrap();
+        let (connection, channel) = open_channel().await;
         let mut out = Vec::new();
         while let Some(m) = channel
             .basic_get(
@@ -358,11 +350,7 @@ impl TestEnv {
 
     /// Messages waiting in `queue` (ready, not unacked).
     pub async fn queue_depth(&self, queue: &str) -> u32 {
-        let connection =
-            Connection::connect(&self.config.broker.url, ConnectionProperties::default())
-                .await
-                .unwrap();
-        let channel = connection.create_channel().await.unwrap();
+        let (connection, channel) = open_channel().await;
         let q = channel
             .queue_declare(
                 queue.into(),
@@ -385,11 +373,7 @@ impl TestEnv {
             handle.await.unwrap();
         }
         self.stop_generator().await;
-        let connection =
-            Connection::connect(&self.config.broker.url, ConnectionProperties::default())
-                .await
-                .unwrap();
-        let channel = connection.create_channel().await.unwrap();
+        let (connection, channel) = open_channel().await;
         let t = &self.topology;
         for q in [&t.requests, &t.deliveries, &t.status, &t.dead] {
             channel
@@ -411,12 +395,18 @@ impl TestEnv {
     }
 }
 
-/// Deletes a prefix's queues and exchanges.
-pub async fn delete_topology(t: &Topology) {
+/// A fresh connection and channel to the test broker.
+pub async fn open_channel() -> (Connection, lapin::Channel) {
     let connection = Connection::connect(&amqp_url(), ConnectionProperties::default())
         .await
         .unwrap();
     let channel = connection.create_channel().await.unwrap();
+    (connection, channel)
+}
+
+/// Deletes a prefix's queues and exchanges.
+pub async fn delete_topology(t: &Topology) {
+    let (connection, channel) = open_channel().await;
     for q in [&t.requests, &t.deliveries, &t.status, &t.dead] {
         channel
             .queue_delete(q.as_str().into(), QueueDeleteOptions::default())
