@@ -461,3 +461,91 @@ async fn metrics_follow_the_traffic() {
     }
     env.teardown().await;
 }
+
+/// Closes this test's connections from the broker's side, as a broker
+/// restart or a network cut would.
+fn kill_connections(prefix: &str) -> usize {
+    let list = std::process::Command::new("rabbitmqctl")
+        .args([
+            "list_connections",
+            "pid",
+            "client_properties",
+            "--quiet",
+            "--no-table-headers",
+        ])
+        .output()
+        .expect("rabbitmqctl runs (it ships with RabbitMQ)");
+    let text = String::from_utf8_lossy(&list.stdout);
+    let pids: Vec<&str> = text
+        .lines()
+        .filter(|l| l.contains(prefix))
+        .filter_map(|l| l.split_whitespace().next())
+        .collect();
+    for pid in &pids {
+        std::process::Command::new("rabbitmqctl")
+            .args(["close_connection", pid, "test: connection killed"])
+            .output()
+            .unwrap();
+    }
+    pids.len()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn workers_recover_when_the_broker_drops_their_connections() {
+    let env = TestEnv::start().await;
+    env.publish(&env.request("before-cut")).await;
+    let first = env.code_for("before-cut").await;
+
+    assert!(
+        kill_connections(&env.prefix) >= 2,
+        "the generator's and the sender's connections were found"
+    );
+    let ready = common::eventually(|| async {
+        let metrics = env
+            .http
+            .get(env.url("/metrics"))
+            .send()
+            .await
+            .ok()?
+            .text()
+            .await
+            .ok()?;
+        let ready = env.http.get(env.url("/readyz")).send().await.ok()?.status() == 200;
+        (ready && metrics.contains("otp_broker_reconnects_total")).then_some(())
+    })
+    .await;
+    assert!(ready.is_some(), "ready again, with the reconnect counted");
+
+    let reply = common::eventually(|| async {
+        client_publish(
+            &env,
+            &RawRequest {
+                phone: "+14155550166".into(),
+                ..env.request("after-cut")
+            },
+        )
+        .await
+    })
+    .await
+    .expect("requests flow again");
+    assert_eq!(reply.status, ReplyStatus::Accepted);
+    let second = env.code_for("after-cut").await;
+    assert_eq!(env.verify(PHONE, &first).await.0, 200);
+    assert_eq!(env.verify("+14155550166", &second).await.0, 200);
+    env.teardown().await;
+}
+
+async fn client_publish(
+    env: &TestEnv,
+    request: &RawRequest,
+) -> Option<otp_pipeline::domain::Reply> {
+    otp_pipeline::client::publish(
+        &env.config.broker.url,
+        &env.topology,
+        request,
+        Some(std::time::Duration::from_secs(3)),
+    )
+    .await
+    .ok()
+    .flatten()
+}

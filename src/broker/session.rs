@@ -53,7 +53,12 @@ impl Broker {
     pub fn new(config: &BrokerConfig, name: &str) -> Arc<Self> {
         Arc::new(Self {
             url: config.url.clone(),
-            name: name.to_owned(),
+            // The prefix in the name tells tenants' connections apart in RabbitMQ's UI.
+            name: if config.prefix.is_empty() {
+                name.to_owned()
+            } else {
+                format!("{name} ({})", config.prefix)
+            },
             prefetch: config.prefetch.max(1),
             topology: Topology::new(&config.prefix, config.queue_expires_ms),
             publisher: RwLock::new(None),
