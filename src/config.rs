@@ -82,6 +82,9 @@ pub struct StoreConfig {
     /// The HMAC key for code digests, hex (at least 64 hex digits). If unset,
     /// it is read from `<data_dir>/hmac.key`, created on first start (mode 0600).
     pub hmac_key: Option<String>,
+    /// Retired HMAC keys (hex). Codes issued under them keep verifying until
+    /// they expire; drop a key from this list once its codes have (`ttl_secs` ≤ 1 h).
+    pub previous_hmac_keys: Vec<String>,
 }
 
 impl Default for StoreConfig {
@@ -89,6 +92,7 @@ impl Default for StoreConfig {
         Self {
             data_dir: PathBuf::from("data"),
             hmac_key: None,
+            previous_hmac_keys: Vec::new(),
         }
     }
 }

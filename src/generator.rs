@@ -5,7 +5,7 @@
 
 use crate::broker::{BoxFuture, Broker, BrokerError, Disposition, Handler, Inbound, Topology};
 use crate::domain::{
-    Clock, Code, CodeRecord, DecodeError, Delivery, DigestKey, Event, EventKind, Limits, Phone,
+    Clock, Code, CodeRecord, DecodeError, Delivery, Event, EventKind, KeyRing, Limits, Phone,
     RawRequest, ReceiptMessage, RejectReason, Rejection, Reply, ReplyStatus, Templates,
     ValidRequest, VerifyOutcome,
 };
@@ -47,7 +47,7 @@ pub struct Policy {
 /// The generator's state and operations.
 pub struct Generator {
     store: Store,
-    key: DigestKey,
+    keys: KeyRing,
     policy: Policy,
     broker: Arc<Broker>,
     clock: Arc<dyn Clock>,
@@ -58,14 +58,14 @@ impl Generator {
     /// A generator over an open store.
     pub fn new(
         store: Store,
-        key: DigestKey,
+        keys: KeyRing,
         policy: Policy,
         broker: Arc<Broker>,
         clock: Arc<dyn Clock>,
     ) -> Self {
         Self {
             store,
-            key,
+            keys,
             policy,
             broker,
             clock,
@@ -165,8 +165,8 @@ impl Generator {
         let code = Code::generate(request.code_length, &mut rand::rng());
         let record = CodeRecord {
             request_id: request.request_id.clone(),
-            digest: self.key.digest(&request.phone, &request.request_id, &code),
-            key_id: self.key.id().to_owned(),
+            digest: self.keys.current().digest(&request.phone, &request.request_id, &code),
+            key_id: self.keys.current().id().to_owned(),
             expires_at: now + request.ttl,
             attempts_left: self.policy.max_attempts,
         };
@@ -435,7 +435,7 @@ impl Generator {
         code: &Code,
     ) -> Result<VerifyOutcome, GeneratorError> {
         let now = self.clock.now();
-        let (outcome, changed) = self.track(self.store.verify(phone, code, &self.key, now))?;
+        let (outcome, changed) = self.track(self.store.verify(phone, code, &self.keys, now))?;
         if changed {
             // "Approved" must not come back after a crash: used means used.
             self.track(self.store.flush().await)?;

@@ -4,7 +4,7 @@
 //! Only the generator process opens the store (sled is single-process).
 
 use crate::domain::{
-    Code, CodeRecord, DigestKey, EventKind, Phone, RequestStatus, Transition, ValidRequest,
+    Code, CodeRecord, KeyRing, EventKind, Phone, RequestStatus, Transition, ValidRequest,
     VerifyOutcome, decide,
 };
 use serde::{Deserialize, Serialize};
@@ -255,7 +255,7 @@ impl Store {
         &self,
         phone: &Phone,
         code: &Code,
-        key: &DigestKey,
+        keys: &KeyRing,
         now: OffsetDateTime,
     ) -> Result<(VerifyOutcome, bool), StoreError> {
         let phone_key = phone.e164().as_bytes();
@@ -264,6 +264,9 @@ impl Store {
             (&self.codes, &self.requests).transaction(|(codes, requests)| {
                 let record = tx_get::<CodeRecord>(codes, phone_key)?;
                 let against = record.as_ref().unwrap_or(&dummy);
+                // The key that made this digest (rotated keys stay usable);
+                // an unknown id cannot match, but costs the same HMAC.
+                let key = keys.get(&against.key_id).unwrap_or(keys.current());
                 let matched = key.matches(phone, &against.request_id, code, &against.digest)
                     && record.is_some();
                 let (outcome, transition) = decide(record.as_ref(), matched, now);
@@ -375,13 +378,14 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::domain::DigestKey;
     use crate::domain::{Limits, RawRequest, Templates};
     use time::Duration;
 
-    fn setup() -> (tempfile::TempDir, Store, DigestKey) {
+    fn setup() -> (tempfile::TempDir, Store, KeyRing) {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
-        (dir, store, DigestKey::new(vec![9; 32]).unwrap())
+        (dir, store, KeyRing::new(DigestKey::new(vec![9; 32]).unwrap(), vec![]))
     }
 
     fn request(id: &str) -> ValidRequest {
@@ -394,7 +398,8 @@ mod tests {
         .unwrap()
     }
 
-    fn record(key: &DigestKey, req: &ValidRequest, code: &str, now: OffsetDateTime) -> CodeRecord {
+    fn record(key: &KeyRing, req: &ValidRequest, code: &str, now: OffsetDateTime) -> CodeRecord {
+        let key = key.current();
         CodeRecord {
             request_id: req.request_id.clone(),
             digest: key.digest(&req.phone, &req.request_id, &Code::parse(code).unwrap()),
@@ -610,6 +615,23 @@ mod tests {
             ),
             (RequestStatus::Verified, Some("twilio"), Some("SM1"))
         );
+    }
+
+    #[test]
+    fn codes_issued_before_a_key_rotation_still_verify() {
+        let (_d, store, old) = setup();
+        let now = OffsetDateTime::now_utc();
+        let req = request("r1");
+        store.issue(&req, &record(&old, &req, "111111", now), now).unwrap();
+        let rotated = KeyRing::new(DigestKey::new(vec![7; 32]).unwrap(), vec![old.current().clone()]);
+        let code = Code::parse("111111").unwrap();
+        assert_eq!(store.verify(&req.phone, &code, &rotated, now).unwrap().0.label(), "approved");
+        // Once the old key is dropped, its codes no longer verify.
+        let req2 = request("r2");
+        store.issue(&req2, &record(&old, &req2, "222222", now), now).unwrap();
+        let dropped = KeyRing::new(DigestKey::new(vec![7; 32]).unwrap(), vec![]);
+        let code = Code::parse("222222").unwrap();
+        assert_eq!(store.verify(&req2.phone, &code, &dropped, now).unwrap().0.label(), "invalid_code");
     }
 
     #[test]

@@ -86,6 +86,32 @@ impl fmt::Debug for DigestKey {
     }
 }
 
+/// The current key (makes every new digest) and earlier keys, which keep
+/// verifying the codes issued under them until those expire: keys rotate
+/// without invalidating live codes.
+#[derive(Debug, Clone)]
+pub struct KeyRing {
+    current: DigestKey,
+    previous: Vec<DigestKey>,
+}
+
+impl KeyRing {
+    /// A ring with `current` and any number of retired keys.
+    pub fn new(current: DigestKey, previous: Vec<DigestKey>) -> Self {
+        Self { current, previous }
+    }
+
+    /// The key for new codes.
+    pub fn current(&self) -> &DigestKey {
+        &self.current
+    }
+
+    /// The key with this id, current or retired.
+    pub fn get(&self, id: &str) -> Option<&DigestKey> {
+        std::iter::once(&self.current).chain(&self.previous).find(|k| k.id() == id)
+    }
+}
+
 /// An HMAC-SHA-256 digest of a code; stored as 64 hex characters.
 #[derive(Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(into = "String", try_from = "String")]
@@ -160,6 +186,14 @@ mod tests {
             key(1).digest(&phone(), "r1", &code),
             key(2).digest(&phone(), "r1", &code)
         );
+    }
+
+    #[test]
+    fn a_ring_finds_current_and_retired_keys_by_id() {
+        let ring = KeyRing::new(key(2), vec![key(1)]);
+        assert_eq!(ring.current().id(), key(2).id());
+        assert_eq!(ring.get(key(1).id()).unwrap().id(), key(1).id());
+        assert!(ring.get(key(3).id()).is_none());
     }
 
     #[test]

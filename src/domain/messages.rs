@@ -58,16 +58,23 @@ pub enum RequestStatus {
     Verified,
     /// The code expired, was locked by wrong guesses, or was replaced by a newer one.
     Expired,
+    /// The code was canceled (`DELETE /v1/otp/{request_id}`).
+    Canceled,
 }
 
 impl RequestStatus {
+    /// Whether nothing can change any more (verified, expired or canceled).
+    pub fn is_final(self) -> bool {
+        matches!(self, Self::Verified | Self::Expired | Self::Canceled)
+    }
+
     /// Whether `next` may follow `self`. Delivery news never overrides a
     /// verification or expiry, and arrives in any order.
     pub fn can_become(self, next: RequestStatus) -> bool {
         use RequestStatus::*;
         match (self, next) {
-            (Verified | Expired, _) => false,
-            (_, Verified | Expired) => true,
+            (Verified | Expired | Canceled, _) => false,
+            (_, Verified | Expired | Canceled) => true,
             (Pending, _) => true,
             (Sent, Delivered | Failed) => true,
             (Failed, Sent | Delivered) => true,
@@ -96,6 +103,8 @@ pub enum EventKind {
     Verified,
     /// The code expired or was locked.
     Expired,
+    /// The code was canceled.
+    Canceled,
 }
 
 impl EventKind {
@@ -110,6 +119,7 @@ impl EventKind {
             Self::Undelivered => "undelivered",
             Self::Verified => "verified",
             Self::Expired => "expired",
+            Self::Canceled => "canceled",
         }
     }
 
@@ -126,6 +136,7 @@ impl EventKind {
             Self::Delivered => Some(RequestStatus::Delivered),
             Self::Verified => Some(RequestStatus::Verified),
             Self::Expired => Some(RequestStatus::Expired),
+            Self::Canceled => Some(RequestStatus::Canceled),
             Self::Accepted | Self::Rejected => None,
         }
     }

@@ -6,6 +6,7 @@
 
 pub mod breaker;
 pub mod clock;
+pub mod limits;
 pub mod code;
 pub mod digest;
 pub mod messages;
@@ -18,7 +19,7 @@ pub mod verification;
 pub use breaker::Breaker;
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use code::{Code, CodeLength};
-pub use digest::{CodeDigest, DigestKey};
+pub use digest::{CodeDigest, DigestKey, KeyRing};
 pub use messages::{Delivery, Event, EventKind, ReceiptMessage, Reply, ReplyStatus, RequestStatus};
 pub use phone::{Phone, PhoneError};
 pub use request::{DecodeError, Limits, RawRequest, RejectReason, Rejection, ValidRequest};

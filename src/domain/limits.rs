@@ -1,0 +1,1 @@
+//! Abuse-resistance rules (being written).
