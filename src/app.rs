@@ -60,7 +60,11 @@ impl GeneratorApp {
         let metrics = telemetry::metrics();
         let data_dir = config.store.data_dir.clone();
         secrets::ensure_data_dir(&data_dir)?;
-        let key = secrets::key_ring(config.store.hmac_key.as_deref(), &config.store.previous_hmac_keys, &data_dir)?;
+        let key = secrets::key_ring(
+            config.store.hmac_key.as_deref(),
+            &config.store.previous_hmac_keys,
+            &data_dir,
+        )?;
         let (keys, created_api_key) = secrets::api_keys(&config.http.api_keys, &data_dir)?;
         let store = Store::open(&data_dir)?;
         let policy = Policy {

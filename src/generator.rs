@@ -165,7 +165,10 @@ impl Generator {
         let code = Code::generate(request.code_length, &mut rand::rng());
         let record = CodeRecord {
             request_id: request.request_id.clone(),
-            digest: self.keys.current().digest(&request.phone, &request.request_id, &code),
+            digest: self
+                .keys
+                .current()
+                .digest(&request.phone, &request.request_id, &code),
             key_id: self.keys.current().id().to_owned(),
             expires_at: now + request.ttl,
             attempts_left: self.policy.max_attempts,

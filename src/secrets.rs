@@ -95,15 +95,21 @@ pub fn hmac_key(configured: Option<&str>, data_dir: &Path) -> Result<DigestKey, 
 
 /// The key ring: the current key (see [`hmac_key`]) and the retired keys in
 /// `previous` (hex), which keep verifying codes issued before a rotation.
-pub fn key_ring(configured: Option<&str>, previous: &[String], data_dir: &Path) -> Result<KeyRing, SecretError> {
+pub fn key_ring(
+    configured: Option<&str>,
+    previous: &[String],
+    data_dir: &Path,
+) -> Result<KeyRing, SecretError> {
     let current = hmac_key(configured, data_dir)?;
     let previous = previous
         .iter()
         .enumerate()
         .map(|(i, hex_key)| {
-            let bytes = hex::decode(hex_key.trim())
-                .map_err(|e| SecretError::Invalid(format!("store.previous_hmac_keys[{i}]: not hex: {e}")))?;
-            DigestKey::new(bytes).map_err(|e| SecretError::Invalid(format!("store.previous_hmac_keys[{i}]: {e}")))
+            let bytes = hex::decode(hex_key.trim()).map_err(|e| {
+                SecretError::Invalid(format!("store.previous_hmac_keys[{i}]: not hex: {e}"))
+            })?;
+            DigestKey::new(bytes)
+                .map_err(|e| SecretError::Invalid(format!("store.previous_hmac_keys[{i}]: {e}")))
         })
         .collect::<Result<Vec<_>, _>>()?;
     Ok(KeyRing::new(current, previous))

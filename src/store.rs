@@ -4,7 +4,7 @@
 //! Only the generator process opens the store (sled is single-process).
 
 use crate::domain::{
-    Code, CodeRecord, KeyRing, EventKind, Phone, RequestStatus, Transition, ValidRequest,
+    Code, CodeRecord, EventKind, KeyRing, Phone, RequestStatus, Transition, ValidRequest,
     VerifyOutcome, decide,
 };
 use serde::{Deserialize, Serialize};
@@ -385,7 +385,11 @@ mod tests {
     fn setup() -> (tempfile::TempDir, Store, KeyRing) {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
-        (dir, store, KeyRing::new(DigestKey::new(vec![9; 32]).unwrap(), vec![]))
+        (
+            dir,
+            store,
+            KeyRing::new(DigestKey::new(vec![9; 32]).unwrap(), vec![]),
+        )
     }
 
     fn request(id: &str) -> ValidRequest {
@@ -622,16 +626,37 @@ mod tests {
         let (_d, store, old) = setup();
         let now = OffsetDateTime::now_utc();
         let req = request("r1");
-        store.issue(&req, &record(&old, &req, "111111", now), now).unwrap();
-        let rotated = KeyRing::new(DigestKey::new(vec![7; 32]).unwrap(), vec![old.current().clone()]);
+        store
+            .issue(&req, &record(&old, &req, "111111", now), now)
+            .unwrap();
+        let rotated = KeyRing::new(
+            DigestKey::new(vec![7; 32]).unwrap(),
+            vec![old.current().clone()],
+        );
         let code = Code::parse("111111").unwrap();
-        assert_eq!(store.verify(&req.phone, &code, &rotated, now).unwrap().0.label(), "approved");
+        assert_eq!(
+            store
+                .verify(&req.phone, &code, &rotated, now)
+                .unwrap()
+                .0
+                .label(),
+            "approved"
+        );
         // Once the old key is dropped, its codes no longer verify.
         let req2 = request("r2");
-        store.issue(&req2, &record(&old, &req2, "222222", now), now).unwrap();
+        store
+            .issue(&req2, &record(&old, &req2, "222222", now), now)
+            .unwrap();
         let dropped = KeyRing::new(DigestKey::new(vec![7; 32]).unwrap(), vec![]);
         let code = Code::parse("222222").unwrap();
-        assert_eq!(store.verify(&req2.phone, &code, &dropped, now).unwrap().0.label(), "invalid_code");
+        assert_eq!(
+            store
+                .verify(&req2.phone, &code, &dropped, now)
+                .unwrap()
+                .0
+                .label(),
+            "invalid_code"
+        );
     }
 
     #[test]

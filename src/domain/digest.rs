@@ -108,7 +108,9 @@ impl KeyRing {
 
     /// The key with this id, current or retired.
     pub fn get(&self, id: &str) -> Option<&DigestKey> {
-        std::iter::once(&self.current).chain(&self.previous).find(|k| k.id() == id)
+        std::iter::once(&self.current)
+            .chain(&self.previous)
+            .find(|k| k.id() == id)
     }
 }
 

@@ -6,9 +6,9 @@
 
 pub mod breaker;
 pub mod clock;
-pub mod limits;
 pub mod code;
 pub mod digest;
+pub mod limits;
 pub mod messages;
 pub mod phone;
 pub mod request;
