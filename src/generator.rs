@@ -9,7 +9,7 @@ use crate::domain::{
     RawRequest, ReceiptMessage, RejectReason, Rejection, Reply, ReplyStatus, Templates,
     ValidRequest, VerifyOutcome,
 };
-use crate::store::{IssueOutcome, RequestRecord, Store, StoreError};
+use crate::store::{CancelOutcome, IssueOutcome, RequestRecord, Store, StoreError};
 use crate::telemetry::names;
 use lapin::BasicProperties;
 use std::sync::Arc;
@@ -468,6 +468,22 @@ impl Generator {
                     tracing::warn!(error = %e, "could not publish a verification event");
                 }
             });
+        }
+        Ok(outcome)
+    }
+
+    /// Cancels a request's code and publishes `event.canceled`.
+    pub async fn cancel(&self, request_id: &str) -> Result<CancelOutcome, GeneratorError> {
+        let now = self.clock.now();
+        let outcome = self.track(self.store.cancel(request_id, now))?;
+        if let CancelOutcome::Canceled(record) = &outcome {
+            self.track(self.store.flush().await)?;
+            tracing::info!(request_id, phone = %crate::domain::phone::mask(&record.phone), "code canceled");
+            let event = Event::new(EventKind::Canceled, Some(request_id.to_owned()), &record.phone, now);
+            if let Err(e) = self.publish_event(&event).await {
+                // The cancel itself is durable; only the announcement is lost.
+                tracing::warn!(request_id, error = %e, "could not publish event.canceled");
+            }
         }
         Ok(outcome)
     }

@@ -71,6 +71,17 @@ pub enum IssueOutcome {
     Conflict,
 }
 
+/// What [`Store::cancel`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CancelOutcome {
+    /// The request's code is dead; the record now says `canceled`.
+    Canceled(Box<RequestRecord>),
+    /// Nothing to cancel: the request is already verified, expired or canceled.
+    AlreadyFinal(RequestStatus),
+    /// No such request.
+    NotFound,
+}
+
 /// The sled database: live codes by phone, requests by id, and request ids
 /// by carrier message id (to resolve delivery receipts).
 #[derive(Clone)]
@@ -247,6 +258,27 @@ impl Store {
             return Err(e);
         }
         updated.map(|b| decode(key, &b)).transpose()
+    }
+
+    /// Cancels a request's code: verification for it then answers "not found".
+    pub fn cancel(&self, request_id: &str, now: OffsetDateTime) -> Result<CancelOutcome, StoreError> {
+        let id = request_id.as_bytes();
+        unwrap_tx((&self.codes, &self.requests).transaction(|(codes, requests)| {
+            let Some(mut record) = tx_get::<RequestRecord>(requests, id)? else {
+                return Ok(CancelOutcome::NotFound);
+            };
+            if record.status.is_final() {
+                return Ok(CancelOutcome::AlreadyFinal(record.status));
+            }
+            let phone = record.phone.as_bytes();
+            if tx_get::<CodeRecord>(codes, phone)?.is_some_and(|c| c.request_id == record.request_id) {
+                codes.remove(phone)?;
+            }
+            record.status = RequestStatus::Canceled;
+            record.updated_at = now;
+            requests.insert(id, encode(&record))?;
+            Ok(CancelOutcome::Canceled(Box::new(record)))
+        }))
     }
 
     /// Checks `code` for `phone`, applying expiry, attempt limits and single
@@ -657,6 +689,26 @@ mod tests {
                 .label(),
             "invalid_code"
         );
+    }
+
+    #[test]
+    fn a_canceled_code_no_longer_verifies() {
+        let (_d, store, key) = setup();
+        let now = OffsetDateTime::now_utc();
+        let req = request("r1");
+        store.issue(&req, &record(&key, &req, "111111", now), now).unwrap();
+        assert!(matches!(store.cancel("r1", now).unwrap(), CancelOutcome::Canceled(_)));
+        let code = Code::parse("111111").unwrap();
+        assert_eq!(store.verify(&req.phone, &code, &key, now).unwrap().0.label(), "not_found");
+        assert_eq!(store.cancel("r1", now).unwrap(), CancelOutcome::AlreadyFinal(RequestStatus::Canceled));
+        assert_eq!(store.cancel("nope", now).unwrap(), CancelOutcome::NotFound);
+        // A newer code for the number is not touched by canceling an older request.
+        let (a, b) = (request("a"), request("b"));
+        store.issue(&a, &record(&key, &a, "333333", now), now).unwrap();
+        store.issue(&b, &record(&key, &b, "444444", now), now).unwrap();
+        assert!(matches!(store.cancel("a", now).unwrap(), CancelOutcome::AlreadyFinal(RequestStatus::Expired)));
+        let code = Code::parse("444444").unwrap();
+        assert_eq!(store.verify(&b.phone, &code, &key, now).unwrap().0.label(), "approved");
     }
 
     #[test]

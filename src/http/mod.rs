@@ -36,7 +36,7 @@ pub fn api_router(state: ApiState, metrics: PrometheusHandle, max_body_bytes: us
     let v1 = Router::new()
         .route("/v1/verify", post(verify::verify))
         .route("/v1/otp", post(otp::create))
-        .route("/v1/otp/{request_id}", get(otp::status))
+        .route("/v1/otp/{request_id}", get(otp::status).delete(otp::cancel))
         .route_layer(axum::middleware::from_fn_with_state(
             state.api_keys.clone(),
             auth::require_api_key,

@@ -3,6 +3,7 @@
 use crate::domain::RawRequest;
 use crate::domain::phone::mask;
 use crate::http::ApiState;
+use crate::store::CancelOutcome;
 use crate::http::json::{ApiError, ApiJson};
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
@@ -30,6 +31,21 @@ pub async fn create(
         axum::Json(json!({"request_id": request_id})),
     )
         .into_response())
+}
+
+/// Cancels a pending code: 200 `{"status":"canceled"}`, 409 with the final
+/// status if it is already verified/expired/canceled, 404 if unknown.
+pub async fn cancel(State(state): State<ApiState>, Path(request_id): Path<String>) -> Result<Response, ApiError> {
+    let outcome = state.generator.cancel(&request_id).await.map_err(|e| {
+        tracing::error!(error = %e, "cancel failed");
+        ApiError::unavailable("cancel is unavailable; try again")
+    })?;
+    let (status, body) = match outcome {
+        CancelOutcome::Canceled(_) => (StatusCode::OK, json!({"status": "canceled"})),
+        CancelOutcome::AlreadyFinal(current) => (StatusCode::CONFLICT, json!({"status": current})),
+        CancelOutcome::NotFound => (StatusCode::NOT_FOUND, json!({"status": "not_found"})),
+    };
+    Ok((status, axum::Json(body)).into_response())
 }
 
 fn rfc3339(t: time::OffsetDateTime) -> String {
