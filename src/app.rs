@@ -52,6 +52,44 @@ pub struct GeneratorApp {
     router: axum::Router,
     created_api_key: Option<String>,
     data_dir: PathBuf,
+    api_keys: Arc<ApiKeys>,
+    sweep_every: std::time::Duration,
+    retention: time::Duration,
+}
+
+/// Re-reads the API keys — from the configuration file and `OTP_HTTP__API_KEYS`,
+/// else `<data_dir>/api_keys` — and swaps them in without a restart.
+#[derive(Clone)]
+pub struct KeyReloader {
+    keys: Arc<ApiKeys>,
+    config_path: Option<PathBuf>,
+    data_dir: PathBuf,
+}
+
+impl KeyReloader {
+    /// Reloads; on any error the old keys stay in force. Returns how many keys are active.
+    pub fn reload(&self) -> Result<usize, AppError> {
+        let config = Config::load(self.config_path.as_deref())?;
+        let (keys, _) = secrets::api_keys(&config.http.api_keys, &self.data_dir)?;
+        self.keys.replace(&keys);
+        Ok(keys.len())
+    }
+
+    /// Reloads on every SIGHUP, until the process ends.
+    pub fn reload_on_sighup(self) -> std::io::Result<()> {
+        let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
+        tokio::spawn(async move {
+            while hangup.recv().await.is_some() {
+                match self.reload() {
+                    Ok(n) => tracing::info!(keys = n, "API keys reloaded"),
+                    Err(e) => {
+                        tracing::error!(error = %e, "API keys not reloaded; the old ones stay in force")
+                    }
+                }
+            }
+        });
+        Ok(())
+    }
 }
 
 impl GeneratorApp {
@@ -79,18 +117,35 @@ impl GeneratorApp {
         let listener = TcpListener::bind(addr)
             .await
             .map_err(|source| AppError::Http { addr, source })?;
+        let api_keys = Arc::new(ApiKeys::new(&keys));
         let state = ApiState {
             generator: generator.clone(),
-            api_keys: Arc::new(ApiKeys::new(&keys)),
+            api_keys: api_keys.clone(),
         };
         let router = http::api_router(state, metrics, config.http.max_body_bytes);
+        let sweep_every = std::time::Duration::from_secs(config.store.sweep_interval_secs.max(1));
+        let retention =
+            time::Duration::seconds(i64::try_from(config.store.retention_secs).unwrap_or(i64::MAX));
         Ok(Self {
             generator,
             listener,
             router,
             created_api_key,
             data_dir,
+            api_keys,
+            sweep_every,
+            retention,
         })
+    }
+
+    /// A handle that reloads the API keys (the configuration is read from
+    /// `config_path`, as at start-up).
+    pub fn key_reloader(&self, config_path: Option<PathBuf>) -> KeyReloader {
+        KeyReloader {
+            keys: self.api_keys.clone(),
+            config_path,
+            data_dir: self.data_dir.clone(),
+        }
     }
 
     /// Adds routes to the HTTP API (all-in-one mode mounts the receipt routes).
@@ -137,8 +192,31 @@ impl GeneratorApp {
             },
         ];
         let consuming = tokio::spawn(broker.run(subscriptions, shutdown.clone()));
+        let sweeper = tokio::spawn({
+            let (generator, shutdown, every, retention) = (
+                self.generator.clone(),
+                shutdown.clone(),
+                self.sweep_every,
+                self.retention,
+            );
+            async move {
+                let mut ticks = tokio::time::interval(every);
+                ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                loop {
+                    tokio::select! {
+                        _ = shutdown.cancelled() => break,
+                        _ = ticks.tick() => {
+                            if let Err(e) = generator.sweep(retention).await {
+                                tracing::warn!(error = %e, "sweep failed; will try again");
+                            }
+                        }
+                    }
+                }
+            }
+        });
         let served = http::serve(self.listener, self.router, shutdown.clone()).await;
         let _ = consuming.await;
+        let _ = sweeper.await;
         self.generator.store().flush().await?;
         tracing::info!("generator stopped; store flushed");
         served.map_err(|source| AppError::Http { addr, source })

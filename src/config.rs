@@ -85,6 +85,11 @@ pub struct StoreConfig {
     /// Retired HMAC keys (hex). Codes issued under them keep verifying until
     /// they expire; drop a key from this list once its codes have (`ttl_secs` ≤ 1 h).
     pub previous_hmac_keys: Vec<String>,
+    /// How often the sweeper removes expired codes and stale records, seconds.
+    pub sweep_interval_secs: u64,
+    /// How long a finished request's record is kept (for `GET /v1/otp/{id}`
+    /// and idempotency on its request id), seconds.
+    pub retention_secs: u64,
 }
 
 impl Default for StoreConfig {
@@ -93,6 +98,8 @@ impl Default for StoreConfig {
             data_dir: PathBuf::from("data"),
             hmac_key: None,
             previous_hmac_keys: Vec::new(),
+            sweep_interval_secs: 60,
+            retention_secs: 86_400,
         }
     }
 }

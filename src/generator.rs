@@ -9,7 +9,7 @@ use crate::domain::{
     RawRequest, ReceiptMessage, RejectReason, Rejection, Reply, ReplyStatus, Templates,
     ValidRequest, VerifyOutcome,
 };
-use crate::store::{CancelOutcome, IssueOutcome, RequestRecord, Store, StoreError};
+use crate::store::{CancelOutcome, IssueOutcome, RequestRecord, Store, StoreError, SweepReport};
 use crate::telemetry::names;
 use lapin::BasicProperties;
 use std::sync::Arc;
@@ -479,13 +479,39 @@ impl Generator {
         if let CancelOutcome::Canceled(record) = &outcome {
             self.track(self.store.flush().await)?;
             tracing::info!(request_id, phone = %crate::domain::phone::mask(&record.phone), "code canceled");
-            let event = Event::new(EventKind::Canceled, Some(request_id.to_owned()), &record.phone, now);
+            let event = Event::new(
+                EventKind::Canceled,
+                Some(request_id.to_owned()),
+                &record.phone,
+                now,
+            );
             if let Err(e) = self.publish_event(&event).await {
                 // The cancel itself is durable; only the announcement is lost.
                 tracing::warn!(request_id, error = %e, "could not publish event.canceled");
             }
         }
         Ok(outcome)
+    }
+
+    /// Runs the store's sweeper once and announces codes that expired unused.
+    pub async fn sweep(&self, retention: time::Duration) -> Result<SweepReport, GeneratorError> {
+        let now = self.clock.now();
+        let report = self.track(self.store.sweep(now, retention))?;
+        for (request_id, phone) in &report.expired {
+            let mut event = Event::new(EventKind::Expired, Some(request_id.clone()), phone, now);
+            event.error = Some("not verified in time".into());
+            if let Err(e) = self.publish_event(&event).await {
+                tracing::warn!(error = %e, "could not publish event.expired");
+            }
+        }
+        if report != SweepReport::default() {
+            tracing::info!(
+                expired = report.expired.len(),
+                requests = report.requests,
+                "sweeper removed stale records"
+            );
+        }
+        Ok(report)
     }
 
     /// The status record of a request.

@@ -71,6 +71,17 @@ pub enum IssueOutcome {
     Conflict,
 }
 
+/// What one [`Store::sweep`] removed.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SweepReport {
+    /// Expired codes removed; their requests (if still open) are now `expired`.
+    pub expired: Vec<(String, String)>,
+    /// Request records past retention removed.
+    pub requests: usize,
+    /// Carrier message ids of removed requests.
+    pub message_ids: usize,
+}
+
 /// What [`Store::cancel`] did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum CancelOutcome {
@@ -261,24 +272,32 @@ impl Store {
     }
 
     /// Cancels a request's code: verification for it then answers "not found".
-    pub fn cancel(&self, request_id: &str, now: OffsetDateTime) -> Result<CancelOutcome, StoreError> {
+    pub fn cancel(
+        &self,
+        request_id: &str,
+        now: OffsetDateTime,
+    ) -> Result<CancelOutcome, StoreError> {
         let id = request_id.as_bytes();
-        unwrap_tx((&self.codes, &self.requests).transaction(|(codes, requests)| {
-            let Some(mut record) = tx_get::<RequestRecord>(requests, id)? else {
-                return Ok(CancelOutcome::NotFound);
-            };
-            if record.status.is_final() {
-                return Ok(CancelOutcome::AlreadyFinal(record.status));
-            }
-            let phone = record.phone.as_bytes();
-            if tx_get::<CodeRecord>(codes, phone)?.is_some_and(|c| c.request_id == record.request_id) {
-                codes.remove(phone)?;
-            }
-            record.status = RequestStatus::Canceled;
-            record.updated_at = now;
-            requests.insert(id, encode(&record))?;
-            Ok(CancelOutcome::Canceled(Box::new(record)))
-        }))
+        unwrap_tx(
+            (&self.codes, &self.requests).transaction(|(codes, requests)| {
+                let Some(mut record) = tx_get::<RequestRecord>(requests, id)? else {
+                    return Ok(CancelOutcome::NotFound);
+                };
+                if record.status.is_final() {
+                    return Ok(CancelOutcome::AlreadyFinal(record.status));
+                }
+                let phone = record.phone.as_bytes();
+                if tx_get::<CodeRecord>(codes, phone)?
+                    .is_some_and(|c| c.request_id == record.request_id)
+                {
+                    codes.remove(phone)?;
+                }
+                record.status = RequestStatus::Canceled;
+                record.updated_at = now;
+                requests.insert(id, encode(&record))?;
+                Ok(CancelOutcome::Canceled(Box::new(record)))
+            }),
+        )
     }
 
     /// Checks `code` for `phone`, applying expiry, attempt limits and single
@@ -396,9 +415,70 @@ impl Store {
         self.requests.get(key)?.map(|b| decode(key, &b)).transpose()
     }
 
-    /// Keys in both trees (for tests and capacity checks).
+    /// Removes what has run its course, so the store stays bounded: expired
+    /// codes (their open requests become `expired`), request records whose
+    /// last change is older than `retention` once they are final or expired,
+    /// and carrier message ids of removed requests. A request id re-published
+    /// after its record was removed is treated as new.
+    pub fn sweep(
+        &self,
+        now: OffsetDateTime,
+        retention: time::Duration,
+    ) -> Result<SweepReport, StoreError> {
+        let mut report = SweepReport::default();
+        for entry in self.codes.iter() {
+            let (key, bytes) = entry?;
+            let record: CodeRecord = decode(&key, &bytes)?;
+            if record.expires_at > now {
+                continue;
+            }
+            // Only if unchanged meanwhile (a new code may have replaced it).
+            if self
+                .codes
+                .compare_and_swap(&key, Some(&bytes), None as Option<&[u8]>)?
+                .is_ok()
+            {
+                let phone = String::from_utf8_lossy(&key).into_owned();
+                let expired = self.update_request(&record.request_id, |r| {
+                    if r.status.can_become(RequestStatus::Expired) {
+                        r.status = RequestStatus::Expired;
+                        r.updated_at = now;
+                    }
+                })?;
+                if expired
+                    .is_some_and(|r| r.status == RequestStatus::Expired && r.updated_at == now)
+                {
+                    report.expired.push((record.request_id, phone));
+                }
+            }
+        }
+        for entry in self.requests.iter() {
+            let (key, bytes) = entry?;
+            let record: RequestRecord = decode(&key, &bytes)?;
+            let done = record.status.is_final() || record.expires_at <= now;
+            if done
+                && record.updated_at + retention <= now
+                && self
+                    .requests
+                    .compare_and_swap(&key, Some(&bytes), None as Option<&[u8]>)?
+                    .is_ok()
+            {
+                report.requests += 1;
+            }
+        }
+        for entry in self.by_message.iter() {
+            let (key, request_id) = entry?;
+            if !self.requests.contains_key(&request_id)? {
+                self.by_message.remove(&key)?;
+                report.message_ids += 1;
+            }
+        }
+        Ok(report)
+    }
+
+    /// Keys in every tree (for tests and capacity checks).
     pub fn len(&self) -> usize {
-        self.codes.len() + self.requests.len()
+        self.codes.len() + self.requests.len() + self.by_message.len()
     }
 
     /// Whether both trees are empty.
@@ -696,19 +776,95 @@ mod tests {
         let (_d, store, key) = setup();
         let now = OffsetDateTime::now_utc();
         let req = request("r1");
-        store.issue(&req, &record(&key, &req, "111111", now), now).unwrap();
-        assert!(matches!(store.cancel("r1", now).unwrap(), CancelOutcome::Canceled(_)));
+        store
+            .issue(&req, &record(&key, &req, "111111", now), now)
+            .unwrap();
+        assert!(matches!(
+            store.cancel("r1", now).unwrap(),
+            CancelOutcome::Canceled(_)
+        ));
         let code = Code::parse("111111").unwrap();
-        assert_eq!(store.verify(&req.phone, &code, &key, now).unwrap().0.label(), "not_found");
-        assert_eq!(store.cancel("r1", now).unwrap(), CancelOutcome::AlreadyFinal(RequestStatus::Canceled));
+        assert_eq!(
+            store
+                .verify(&req.phone, &code, &key, now)
+                .unwrap()
+                .0
+                .label(),
+            "not_found"
+        );
+        assert_eq!(
+            store.cancel("r1", now).unwrap(),
+            CancelOutcome::AlreadyFinal(RequestStatus::Canceled)
+        );
         assert_eq!(store.cancel("nope", now).unwrap(), CancelOutcome::NotFound);
         // A newer code for the number is not touched by canceling an older request.
         let (a, b) = (request("a"), request("b"));
-        store.issue(&a, &record(&key, &a, "333333", now), now).unwrap();
-        store.issue(&b, &record(&key, &b, "444444", now), now).unwrap();
-        assert!(matches!(store.cancel("a", now).unwrap(), CancelOutcome::AlreadyFinal(RequestStatus::Expired)));
+        store
+            .issue(&a, &record(&key, &a, "333333", now), now)
+            .unwrap();
+        store
+            .issue(&b, &record(&key, &b, "444444", now), now)
+            .unwrap();
+        assert!(matches!(
+            store.cancel("a", now).unwrap(),
+            CancelOutcome::AlreadyFinal(RequestStatus::Expired)
+        ));
         let code = Code::parse("444444").unwrap();
-        assert_eq!(store.verify(&b.phone, &code, &key, now).unwrap().0.label(), "approved");
+        assert_eq!(
+            store.verify(&b.phone, &code, &key, now).unwrap().0.label(),
+            "approved"
+        );
+    }
+
+    #[test]
+    fn the_sweeper_returns_the_store_to_its_baseline() {
+        let (_d, store, key) = setup();
+        let now = OffsetDateTime::now_utc();
+        assert!(store.is_empty());
+        for i in 0..20 {
+            let mut req = request(&format!("r{i}"));
+            req.phone = Phone::parse(&format!("+1415555{:04}", 1000 + i)).unwrap();
+            store
+                .issue(&req, &record(&key, &req, "111111", now), now)
+                .unwrap();
+            store
+                .apply_event(
+                    &req.request_id,
+                    EventKind::Sent,
+                    Some("twilio"),
+                    Some(&format!("SM{i}")),
+                    None,
+                    now,
+                )
+                .unwrap();
+        }
+        assert_eq!(store.len(), 60);
+        // Before expiry nothing goes.
+        assert_eq!(
+            store.sweep(now, time::Duration::hours(24)).unwrap(),
+            SweepReport::default()
+        );
+        let later = now + time::Duration::minutes(6);
+        let report = store.sweep(later, time::Duration::hours(24)).unwrap();
+        assert_eq!(
+            report.expired.len(),
+            20,
+            "expired codes are removed and their requests expire"
+        );
+        assert_eq!(
+            store.request("r0").unwrap().unwrap().status,
+            RequestStatus::Expired
+        );
+        assert_eq!(
+            store.len(),
+            40,
+            "request records stay for the retention period"
+        );
+        let report = store
+            .sweep(later + time::Duration::hours(24), time::Duration::hours(24))
+            .unwrap();
+        assert_eq!((report.requests, report.message_ids), (20, 20));
+        assert!(store.is_empty(), "back to the baseline");
     }
 
     #[test]

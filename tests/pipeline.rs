@@ -557,19 +557,36 @@ async fn a_canceled_code_answers_404() {
     env.publish(&env.request("cancel-1")).await;
     let code = env.code_for("cancel-1").await;
     let delete = |id: &'static str| {
-        let request = env.http.delete(env.url(&format!("/v1/otp/{id}"))).bearer_auth(API_KEY);
+        let request = env
+            .http
+            .delete(env.url(&format!("/v1/otp/{id}")))
+            .bearer_auth(API_KEY);
         async move {
             let r = request.send().await.unwrap();
-            (r.status().as_u16(), r.json::<serde_json::Value>().await.unwrap())
+            (
+                r.status().as_u16(),
+                r.json::<serde_json::Value>().await.unwrap(),
+            )
         }
     };
-    assert_eq!(delete("cancel-1").await, (200, json!({"status": "canceled"})));
+    assert_eq!(
+        delete("cancel-1").await,
+        (200, json!({"status": "canceled"}))
+    );
     assert_eq!(env.verify(PHONE, &code).await.0, 404);
-    assert_eq!(delete("cancel-1").await, (409, json!({"status": "canceled"})));
+    assert_eq!(
+        delete("cancel-1").await,
+        (409, json!({"status": "canceled"}))
+    );
     assert_eq!(delete("unknown").await.0, 404);
     events.expect("canceled", "cancel-1").await;
     assert_eq!(env.get("/v1/otp/cancel-1").await.1["status"], "canceled");
-    let unauthenticated = env.http.delete(env.url("/v1/otp/cancel-1")).send().await.unwrap();
+    let unauthenticated = env
+        .http
+        .delete(env.url("/v1/otp/cancel-1"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(unauthenticated.status(), 401);
     env.teardown().await;
 }

@@ -192,3 +192,48 @@ async fn separate_generator_and_sender_processes() {
     );
     common::delete_topology(&topology).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_reloads_the_api_keys_without_a_restart() {
+    require_rabbitmq().await;
+    let dir = tempfile::tempdir().unwrap();
+    let prefix = format!("p-{}.", &uuid::Uuid::new_v4().simple().to_string()[..12]);
+    let env = [
+        ("OTP_BROKER__URL", amqp_url()),
+        ("OTP_BROKER__PREFIX", prefix.clone()),
+        ("OTP_BROKER__QUEUE_EXPIRES_MS", "300000".into()),
+        ("OTP_STORE__DATA_DIR", dir.path().display().to_string()),
+        ("OTP_HTTP__LISTEN", "127.0.0.1:0".into()),
+    ];
+    let generator = Process::spawn("generator", &env);
+    let line = generator.wait_for_line("HTTP API on http://").await;
+    let base = line[line.find("http://").unwrap()..].trim().to_owned();
+    let keys_file = dir.path().join("api_keys");
+    let first = std::fs::read_to_string(&keys_file)
+        .unwrap()
+        .lines()
+        .find(|l| !l.starts_with('#'))
+        .unwrap()
+        .to_owned();
+    let http = reqwest::Client::new();
+    let status = |key: String| {
+        let request = http.get(format!("{base}/v1/otp/none")).bearer_auth(key);
+        async move { request.send().await.unwrap().status().as_u16() }
+    };
+    assert_eq!(status(first.clone()).await, 404, "the created key works");
+
+    let second = "rotated-key-0123456789abcdef".to_owned();
+    std::fs::write(&keys_file, format!("{second}\n")).unwrap();
+    Command::new("kill")
+        .arg("-HUP")
+        .arg(generator.child.id().to_string())
+        .status()
+        .unwrap();
+    let reloaded =
+        common::eventually(|| async { (status(second.clone()).await == 404).then_some(()) }).await;
+    assert!(reloaded.is_some(), "the new key works after SIGHUP");
+    assert_eq!(status(first).await, 401, "the old key no longer does");
+    generator.wait_for_line("API keys reloaded").await;
+    generator.terminate();
+    common::delete_topology(&Topology::new(&prefix, None)).await;
+}

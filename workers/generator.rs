@@ -3,11 +3,14 @@
 use otp_pipeline::app::{GeneratorApp, shutdown_on_signals};
 use otp_pipeline::config::Config;
 use otp_pipeline::domain::SystemClock;
+use std::path::PathBuf;
 use std::sync::Arc;
 
-/// Builds the generator, prints how to reach it, runs until a signal.
-pub async fn run(config: Config) -> anyhow::Result<()> {
+/// Builds the generator, prints how to reach it, runs until a signal;
+/// SIGHUP reloads the API keys.
+pub async fn run(config: Config, config_path: Option<PathBuf>) -> anyhow::Result<()> {
     let app = GeneratorApp::build(&config, Arc::new(SystemClock)).await?;
+    app.key_reloader(config_path).reload_on_sighup()?;
     announce(&app);
     app.run(shutdown_on_signals()).await?;
     Ok(())

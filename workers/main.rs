@@ -44,8 +44,8 @@ async fn main() -> anyhow::Result<()> {
     let config = Config::load(cli.config.as_deref())?;
     otp_pipeline::telemetry::init_tracing(&config.log.format, &config.log.level);
     match cli.command {
-        Command::AllInOne => all_in_one::run(config).await,
-        Command::Generator => generator::run(config).await,
+        Command::AllInOne => all_in_one::run(config, cli.config).await,
+        Command::Generator => generator::run(config, cli.config).await,
         Command::Sender => sender::run(config).await,
         Command::Publish(args) => publish::run(config, args).await,
         Command::Bench(args) => bench::run(config, args).await,

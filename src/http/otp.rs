@@ -3,8 +3,8 @@
 use crate::domain::RawRequest;
 use crate::domain::phone::mask;
 use crate::http::ApiState;
-use crate::store::CancelOutcome;
 use crate::http::json::{ApiError, ApiJson};
+use crate::store::CancelOutcome;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -35,7 +35,10 @@ pub async fn create(
 
 /// Cancels a pending code: 200 `{"status":"canceled"}`, 409 with the final
 /// status if it is already verified/expired/canceled, 404 if unknown.
-pub async fn cancel(State(state): State<ApiState>, Path(request_id): Path<String>) -> Result<Response, ApiError> {
+pub async fn cancel(
+    State(state): State<ApiState>,
+    Path(request_id): Path<String>,
+) -> Result<Response, ApiError> {
     let outcome = state.generator.cancel(&request_id).await.map_err(|e| {
         tracing::error!(error = %e, "cancel failed");
         ApiError::unavailable("cancel is unavailable; try again")
