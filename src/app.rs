@@ -6,7 +6,7 @@ use crate::broker::{Broker, Subscription};
 use crate::config::{Config, ConfigError};
 use crate::domain::{Clock, TemplateError, Templates};
 use crate::generator::{Generator, Policy, RequestHandler, StatusHandler};
-use crate::http::{self, ApiKeys, ApiState};
+use crate::http::{self, ApiKeys, ApiState, Gate};
 use crate::secrets::{self, SecretError};
 use crate::sender::{DeliveryHandler, Sender, SenderError};
 use crate::store::{Store, StoreError};
@@ -118,9 +118,14 @@ impl GeneratorApp {
             .await
             .map_err(|source| AppError::Http { addr, source })?;
         let api_keys = Arc::new(ApiKeys::new(&keys));
+        let gate = Arc::new(Gate::new(
+            api_keys.clone(),
+            config.http.rate_per_key_per_sec,
+            config.http.burst_per_key,
+        ));
         let state = ApiState {
             generator: generator.clone(),
-            api_keys: api_keys.clone(),
+            gate,
         };
         let router = http::api_router(state, metrics, config.http.max_body_bytes);
         let sweep_every = std::time::Duration::from_secs(config.store.sweep_interval_secs.max(1));

@@ -196,6 +196,7 @@ pub async fn run(base: &Config, options: BenchOptions) -> Result<BenchReport, Be
     config.store.data_dir = dir.clone();
     config.http.listen = ([127, 0, 0, 1], 0).into();
     config.http.api_keys = vec![api_key.clone()];
+    config.http.rate_per_key_per_sec = 0; // the load generator is one key
     config.carriers.twilio = Some(TwilioConfig {
         base_url: primary.fake.base_url(),
         account_sid: "ACbench".into(),

@@ -163,6 +163,10 @@ pub struct HttpConfig {
     pub api_keys: Vec<String>,
     /// Largest request body accepted, bytes.
     pub max_body_bytes: usize,
+    /// Requests per second per API key on `/v1` routes (token bucket); 0 = unlimited.
+    pub rate_per_key_per_sec: u32,
+    /// Burst per API key.
+    pub burst_per_key: u32,
 }
 
 impl Default for HttpConfig {
@@ -171,6 +175,8 @@ impl Default for HttpConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             api_keys: Vec::new(),
             max_body_bytes: 16 * 1024,
+            rate_per_key_per_sec: 200,
+            burst_per_key: 400,
         }
     }
 }

@@ -590,3 +590,42 @@ async fn a_canceled_code_answers_404() {
     assert_eq!(unauthenticated.status(), 401);
     env.teardown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_api_key_has_a_request_rate() {
+    let env = TestEnv::start_with(|c, _| {
+        c.http.rate_per_key_per_sec = 1;
+        c.http.burst_per_key = 3;
+    })
+    .await;
+    for _ in 0..3 {
+        assert_eq!(env.get("/v1/otp/none").await.0, 404);
+    }
+    let r = env
+        .http
+        .get(env.url("/v1/otp/none"))
+        .bearer_auth(API_KEY)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 429);
+    assert!(
+        r.headers()["retry-after"]
+            .to_str()
+            .unwrap()
+            .parse::<u64>()
+            .unwrap()
+            >= 1
+    );
+    assert_eq!(
+        env.http
+            .get(env.url("/healthz"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200,
+        "ops routes are not limited"
+    );
+    env.teardown().await;
+}

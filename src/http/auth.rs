@@ -1,12 +1,16 @@
-//! Bearer API keys, compared in constant time.
+//! Bearer API keys, compared in constant time, with a request rate limit per key.
 
 use crate::telemetry::names;
 use axum::extract::{Request, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
+use governor::clock::{Clock, DefaultClock};
+use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use sha2::{Digest, Sha256};
+use std::num::NonZeroU32;
 use std::sync::{Arc, RwLock};
+use std::time::Duration;
 use subtle::ConstantTimeEq;
 
 /// The accepted keys, kept as SHA-256 digests so every comparison has the
@@ -57,22 +61,70 @@ fn bearer(request: &Request) -> Option<&str> {
 }
 
 /// Middleware: 401 unless the request carries `Authorization: Bearer <key>`.
+/// What guards the `/v1` routes: the keys, and a token bucket per key.
+pub struct Gate {
+    /// Accepted keys.
+    pub keys: Arc<ApiKeys>,
+    limiter: Option<DefaultKeyedRateLimiter<[u8; 32]>>,
+}
+
+impl Gate {
+    /// `per_sec` requests per second per key, bursts of `burst`; 0 disables the limit.
+    pub fn new(keys: Arc<ApiKeys>, per_sec: u32, burst: u32) -> Self {
+        let limiter = NonZeroU32::new(per_sec).map(|rate| {
+            let burst = NonZeroU32::new(burst).unwrap_or(rate);
+            RateLimiter::keyed(Quota::per_second(rate).allow_burst(burst))
+        });
+        Self { keys, limiter }
+    }
+
+    /// `Err(wait)` if this key is over its rate.
+    fn admit(&self, token: &str) -> Result<(), Duration> {
+        let Some(limiter) = &self.limiter else {
+            return Ok(());
+        };
+        let key: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+        limiter
+            .check_key(&key)
+            .map_err(|not_until| not_until.wait_time_from(DefaultClock::default().now()))
+    }
+}
+
+fn refuse(status: StatusCode, error: &str) -> Response {
+    (status, axum::Json(serde_json::json!({ "error": error }))).into_response()
+}
+
+/// Middleware: 401 unless the request carries `Authorization: Bearer <key>`;
+/// 429 with `Retry-After` when that key is over its request rate.
 pub async fn require_api_key(
-    State(keys): State<Arc<ApiKeys>>,
+    State(gate): State<Arc<Gate>>,
     request: Request,
     next: Next,
 ) -> Response {
     let reason = match bearer(&request) {
-        Some(token) if keys.accepts(token) => return next.run(request).await,
+        Some(token) if gate.keys.accepts(token) => match gate.admit(token) {
+            Ok(()) => return next.run(request).await,
+            Err(wait) => {
+                metrics::counter!(names::HTTP_RATE_LIMITED).increment(1);
+                let mut response = refuse(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "too many requests for this API key",
+                );
+                let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+                response
+                    .headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from(secs.max(1)));
+                return response;
+            }
+        },
         Some(_) => "wrong_key",
         None => "missing_key",
     };
     metrics::counter!(names::AUTH_FAILURES, "reason" => reason).increment(1);
-    let mut response = (
+    let mut response = refuse(
         StatusCode::UNAUTHORIZED,
-        axum::Json(serde_json::json!({"error": "missing or invalid API key: send Authorization: Bearer <key>"})),
-    )
-        .into_response();
+        "missing or invalid API key: send Authorization: Bearer <key>",
+    );
     response
         .headers_mut()
         .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));

@@ -8,7 +8,7 @@ mod otp;
 mod receipts;
 mod verify;
 
-pub use auth::ApiKeys;
+pub use auth::{ApiKeys, Gate};
 pub use receipts::{ReceiptState, router as receipts_router};
 
 use crate::broker::Broker;
@@ -27,7 +27,7 @@ pub struct ApiState {
     /// Codes, requests, verification.
     pub generator: Arc<Generator>,
     /// Accepted bearer keys.
-    pub api_keys: Arc<ApiKeys>,
+    pub gate: Arc<Gate>,
 }
 
 /// The generator process's router: `/v1/*` behind API keys, plus ops routes.
@@ -38,7 +38,7 @@ pub fn api_router(state: ApiState, metrics: PrometheusHandle, max_body_bytes: us
         .route("/v1/otp", post(otp::create))
         .route("/v1/otp/{request_id}", get(otp::status).delete(otp::cancel))
         .route_layer(axum::middleware::from_fn_with_state(
-            state.api_keys.clone(),
+            state.gate.clone(),
             auth::require_api_key,
         ))
         .layer(DefaultBodyLimit::max(max_body_bytes))
