@@ -110,6 +110,7 @@ impl GeneratorApp {
             templates: Templates::new(config.templates.clone())?,
             max_attempts: config.generator.max_attempts,
             app_name: config.generator.app_name.clone(),
+            guards: config.limits.clone(),
         };
         let broker = Broker::new(&config.broker, "otp-generator");
         let generator = Arc::new(Generator::new(store, key, policy, broker, clock));

@@ -42,6 +42,8 @@ pub struct Config {
     pub carriers: CarriersConfig,
     /// Which carriers each number goes to.
     pub routing: RoutingConfig,
+    /// Abuse resistance: send and verify limits, geo permissions, SMS-pumping guard.
+    pub limits: crate::domain::limits::Policies,
     /// SMS templates: name → locale → text (adds to the built-in `login`/`en`).
     pub templates: BTreeMap<String, BTreeMap<String, String>>,
     /// Logging.
@@ -569,6 +571,7 @@ impl Config {
             .extract()
             .map_err(Box::new)?;
         config.generator.limits()?;
+        config.limits.validate().map_err(ConfigError::OutOfRange)?;
         Ok(config)
     }
 }

@@ -4,6 +4,7 @@
 //! It wires the domain, the store and the broker; it alone touches codes.
 
 use crate::broker::{BoxFuture, Broker, BrokerError, Disposition, Handler, Inbound, Topology};
+use crate::domain::limits::{Policies, Quarantine};
 use crate::domain::{
     Clock, Code, CodeRecord, DecodeError, Delivery, Event, EventKind, KeyRing, Limits, Phone,
     RawRequest, ReceiptMessage, RejectReason, Rejection, Reply, ReplyStatus, Templates,
@@ -29,6 +30,9 @@ pub enum GeneratorError {
     /// The broker failed.
     #[error(transparent)]
     Broker(#[from] BrokerError),
+    /// A rule refused the request (and, for limits, when to retry).
+    #[error("{0}")]
+    Refused(Box<Rejection>, Option<OffsetDateTime>),
 }
 
 /// Code policy and text settings of a generator.
@@ -42,6 +46,8 @@ pub struct Policy {
     pub max_attempts: u8,
     /// `{app}` in templates.
     pub app_name: String,
+    /// Abuse resistance: send/verify limits, geo permissions, pumping guard.
+    pub guards: Policies,
 }
 
 /// The generator's state and operations.
@@ -86,6 +92,63 @@ impl Generator {
     /// Whether the last store operation succeeded (readiness).
     pub fn store_ok(&self) -> bool {
         self.store_ok.load(Ordering::SeqCst)
+    }
+
+    /// The geo and limit rules a new code must pass, checked read-only (for
+    /// `POST /v1/otp`, which answers at once; the consumer decides for real).
+    /// `Err` carries the rejection and, for limits, when to retry.
+    pub fn precheck(&self, request: &ValidRequest) -> Result<(), GeneratorError> {
+        if let Some(rejection) = self.geo_check(request) {
+            return Err(GeneratorError::Refused(Box::new(rejection), None));
+        }
+        let now = self.clock.now();
+        match self.track(
+            self.store
+                .precheck(request.phone.e164(), now, &self.policy.guards),
+        )? {
+            Ok(()) => Ok(()),
+            Err(outcome) => {
+                let (rejection, retry_at) =
+                    limit_rejection(&outcome, now).expect("a limit outcome");
+                Err(GeneratorError::Refused(Box::new(rejection), Some(retry_at)))
+            }
+        }
+    }
+
+    /// Counts and announces (`event.rejected`) a request refused over HTTP.
+    pub async fn announce_refusal(
+        &self,
+        request: &ValidRequest,
+        rejection: &Rejection,
+        retry_at: Option<OffsetDateTime>,
+    ) {
+        metrics::counter!(names::REQUESTS, "outcome" => rejection.reason.as_str()).increment(1);
+        let now = self.clock.now();
+        let mut event = Event::new(
+            EventKind::Rejected,
+            Some(request.request_id.clone()),
+            request.phone.e164(),
+            now,
+        );
+        event.reason = Some(rejection.reason);
+        event.error = Some(rejection.detail.clone());
+        event.retry_after_secs = retry_at.map(|at| seconds_until(at, now));
+        if let Err(e) = self.publish_event(&event).await {
+            tracing::warn!(error = %e, "could not publish event.rejected");
+        }
+    }
+
+    fn geo_check(&self, request: &ValidRequest) -> Option<Rejection> {
+        let blocked = self.policy.guards.geo.check(request.phone.e164()).err()?;
+        let detail = if blocked.prefix.is_empty() {
+            "the number's country is not allowed".to_owned()
+        } else {
+            format!("calling code +{} is not allowed", blocked.prefix)
+        };
+        Some(Rejection {
+            reason: RejectReason::CountryBlocked,
+            detail,
+        })
     }
 
     /// Checks a request the way the queue consumer will (for `POST /v1/otp`).
@@ -135,6 +198,21 @@ impl Generator {
         rejection: Rejection,
         message: &Inbound,
     ) -> Disposition {
+        self.refuse(request_id, phone, rejection, None, message)
+            .await
+    }
+
+    /// Refuses a request: counted, announced (`event.rejected`), answered.
+    /// `retry_at` says when a limited request may be tried again.
+    async fn refuse(
+        &self,
+        request_id: Option<String>,
+        phone: &str,
+        rejection: Rejection,
+        retry_at: Option<OffsetDateTime>,
+        message: &Inbound,
+    ) -> Disposition {
+        let retry_after_secs = retry_at.map(|at| seconds_until(at, self.clock.now()));
         metrics::counter!(names::REQUESTS, "outcome" => rejection.reason.as_str()).increment(1);
         tracing::info!(request_id = request_id.as_deref().unwrap_or("-"), reason = rejection.reason.as_str(), detail = %rejection.detail, "request rejected");
         let mut event = Event::new(
@@ -145,6 +223,7 @@ impl Generator {
         );
         event.reason = Some(rejection.reason);
         event.error = Some(rejection.detail.clone());
+        event.retry_after_secs = retry_after_secs;
         if let Err(e) = self.publish_event(&event).await {
             tracing::warn!(error = %e, "could not publish event.rejected; will retry");
             return Disposition::Retry { after: RETRY_PAUSE };
@@ -154,6 +233,7 @@ impl Generator {
             status: ReplyStatus::Rejected,
             reason: Some(rejection.reason),
             error: Some(rejection.detail),
+            retry_after_secs,
             expires_at: None,
         };
         self.reply(message, &reply).await;
@@ -173,10 +253,24 @@ impl Generator {
             expires_at: now + request.ttl,
             attempts_left: self.policy.max_attempts,
         };
-        let outcome = match self.track(self.store.issue(&request, &record, now)) {
-            Ok(o) => o,
-            Err(e) => return self.store_failed(&e),
-        };
+        if let Some(rejection) = self.geo_check(&request) {
+            return self
+                .reject(
+                    Some(request.request_id),
+                    request.phone.e164(),
+                    rejection,
+                    message,
+                )
+                .await;
+        }
+        let outcome =
+            match self.track(
+                self.store
+                    .issue(&request, &record, now, &self.policy.guards),
+            ) {
+                Ok(o) => o,
+                Err(e) => return self.store_failed(&e),
+            };
         match outcome {
             IssueOutcome::Issued => {}
             IssueOutcome::Conflict => {
@@ -196,6 +290,19 @@ impl Generator {
             }
             IssueOutcome::Duplicate(existing) => {
                 return self.duplicate(&request, &existing, message).await;
+            }
+            refused @ (IssueOutcome::RateLimited(_) | IssueOutcome::Quarantined { .. }) => {
+                let (rejection, retry_at) =
+                    limit_rejection(&refused, now).expect("a limit outcome");
+                return self
+                    .refuse(
+                        Some(request.request_id),
+                        request.phone.e164(),
+                        rejection,
+                        Some(retry_at),
+                        message,
+                    )
+                    .await;
             }
         }
         // The digest is durable before the code leaves the process.
@@ -268,13 +375,7 @@ impl Generator {
                 )
                 .await;
         }
-        let reply = Reply {
-            request_id: Some(existing.request_id.clone()),
-            status: ReplyStatus::Accepted,
-            reason: None,
-            error: None,
-            expires_at: Some(existing.expires_at),
-        };
+        let reply = Reply::accepted(&existing.request_id, existing.expires_at);
         self.reply(message, &reply).await;
         Disposition::Ack
     }
@@ -297,13 +398,7 @@ impl Generator {
             tracing::warn!(request_id, error = %e, "could not publish event.accepted; will retry");
             return Disposition::Retry { after: RETRY_PAUSE };
         }
-        let reply = Reply {
-            request_id: Some(request_id.to_owned()),
-            status: ReplyStatus::Accepted,
-            reason: None,
-            error: None,
-            expires_at: Some(expires_at),
-        };
+        let reply = Reply::accepted(request_id, expires_at);
         self.reply(message, &reply).await;
         Disposition::Ack
     }
@@ -438,7 +533,11 @@ impl Generator {
         code: &Code,
     ) -> Result<VerifyOutcome, GeneratorError> {
         let now = self.clock.now();
-        let (outcome, changed) = self.track(self.store.verify(phone, code, &self.keys, now))?;
+        let (outcome, changed) =
+            self.track(
+                self.store
+                    .verify(phone, code, &self.keys, now, &self.policy.guards),
+            )?;
         if changed {
             // "Approved" must not come back after a crash: used means used.
             self.track(self.store.flush().await)?;
@@ -497,6 +596,10 @@ impl Generator {
     pub async fn sweep(&self, retention: time::Duration) -> Result<SweepReport, GeneratorError> {
         let now = self.clock.now();
         let report = self.track(self.store.sweep(now, retention))?;
+        let limits = self.track(self.store.sweep_limits(now, &self.policy.guards))?;
+        if limits > 0 {
+            tracing::debug!(limits, "sweeper removed stale limit records");
+        }
         for (request_id, phone) in &report.expired {
             let mut event = Event::new(EventKind::Expired, Some(request_id.clone()), phone, now);
             event.error = Some("not verified in time".into());
@@ -514,6 +617,23 @@ impl Generator {
         Ok(report)
     }
 
+    /// The current time on this generator's clock.
+    pub fn now(&self) -> OffsetDateTime {
+        self.clock.now()
+    }
+
+    /// The quarantines in force.
+    pub fn quarantines(&self) -> Result<Vec<Quarantine>, GeneratorError> {
+        Ok(self.track(self.store.quarantines(self.clock.now()))?)
+    }
+
+    /// Lifts a quarantine by an operator's decision.
+    pub fn lift_quarantine(&self, prefix: &str) -> Result<bool, GeneratorError> {
+        let lifted = self.track(self.store.lift_quarantine(prefix, self.clock.now()))?;
+        tracing::warn!(prefix, lifted, "quarantine lifted by an operator");
+        Ok(lifted)
+    }
+
     /// The status record of a request.
     pub fn request(&self, request_id: &str) -> Result<Option<RequestRecord>, GeneratorError> {
         Ok(self.track(self.store.request(request_id))?)
@@ -528,6 +648,58 @@ impl Generator {
         self.broker
             .publish(&exchange, Topology::REQUEST_KEY, &body, properties, true)
             .await
+    }
+}
+
+/// The rejection (and when to retry) for a limit outcome of `issue`; counts
+/// a quarantine that this request started.
+fn limit_rejection(
+    outcome: &IssueOutcome,
+    now: OffsetDateTime,
+) -> Option<(Rejection, OffsetDateTime)> {
+    match outcome {
+        IssueOutcome::RateLimited(limited) => {
+            let wait = seconds_until(limited.retry_at, now);
+            let detail = format!(
+                "{}: too many codes for this number; retry in {wait} s",
+                limited.rule
+            );
+            Some((
+                Rejection {
+                    reason: RejectReason::RateLimited,
+                    detail,
+                },
+                limited.retry_at,
+            ))
+        }
+        IssueOutcome::Quarantined { quarantine: q, new } => {
+            if *new {
+                metrics::counter!(names::QUARANTINES, "rule" => q.rule.clone()).increment(1);
+                tracing::warn!(prefix = %q.prefix, rule = %q.rule, detail = %q.detail, until = %q.until, "number prefix quarantined: suspected SMS pumping");
+            }
+            let detail = format!(
+                "prefix +{} quarantined ({}: {})",
+                q.prefix, q.rule, q.detail
+            );
+            Some((
+                Rejection {
+                    reason: RejectReason::SuspectedPumping,
+                    detail,
+                },
+                q.until,
+            ))
+        }
+        _ => None,
+    }
+}
+
+/// Whole seconds from `now` until `at`, rounded up, at least 1.
+pub fn seconds_until(at: OffsetDateTime, now: OffsetDateTime) -> u64 {
+    let secs = (at - now).as_seconds_f64().ceil();
+    if secs.is_finite() && secs >= 1.0 {
+        secs as u64
+    } else {
+        1
     }
 }
 

@@ -3,6 +3,9 @@
 //!
 //! Only the generator process opens the store (sled is single-process).
 
+use crate::domain::limits::{
+    Limited, Policies, PrefixStats, Quarantine, SendHistory, VerifyFailures, prefix_of,
+};
 use crate::domain::{
     Code, CodeRecord, EventKind, KeyRing, Phone, RequestStatus, Transition, ValidRequest,
     VerifyOutcome, decide,
@@ -69,6 +72,16 @@ pub enum IssueOutcome {
     Duplicate(Box<RequestRecord>),
     /// This request id was used before with another phone or other parameters.
     Conflict,
+    /// Too many sends to this number: refused until `retry_at`.
+    RateLimited(Limited),
+    /// The number's prefix is quarantined as suspected SMS pumping
+    /// (`new`: this request tripped it).
+    Quarantined {
+        /// The quarantine in force.
+        quarantine: Box<Quarantine>,
+        /// Whether this request started it.
+        new: bool,
+    },
 }
 
 /// What one [`Store::sweep`] removed.
@@ -101,6 +114,27 @@ pub struct Store {
     codes: Tree,
     requests: Tree,
     by_message: Tree,
+    limits: Tree,
+}
+
+/// Keys of the `limits` tree: one record per rule and subject.
+mod limit_key {
+    pub fn sends(phone: &str) -> Vec<u8> {
+        format!("send\0{phone}").into_bytes()
+    }
+    pub fn failures(phone: &str) -> Vec<u8> {
+        format!("fail\0{phone}").into_bytes()
+    }
+    pub fn prefix(prefix: &str) -> Vec<u8> {
+        format!("prefix\0{prefix}").into_bytes()
+    }
+    pub fn quarantine(prefix: &str) -> Vec<u8> {
+        format!("quarantine\0{prefix}").into_bytes()
+    }
+    pub const SENDS: &[u8] = b"send\0";
+    pub const FAILURES: &[u8] = b"fail\0";
+    pub const PREFIX: &[u8] = b"prefix\0";
+    pub const QUARANTINE: &[u8] = b"quarantine\0";
 }
 
 fn message_key(carrier: &str, carrier_message_id: &str) -> Vec<u8> {
@@ -156,11 +190,13 @@ impl Store {
         let codes = db.open_tree("codes")?;
         let requests = db.open_tree("requests")?;
         let by_message = db.open_tree("by_carrier_message")?;
+        let limits = db.open_tree("limits")?;
         Ok(Self {
             db,
             codes,
             requests,
             by_message,
+            limits,
         })
     }
 
@@ -185,7 +221,12 @@ impl Store {
         request: &ValidRequest,
         record: &CodeRecord,
         now: OffsetDateTime,
+        policies: &Policies,
     ) -> Result<IssueOutcome, StoreError> {
+        let sends_key = limit_key::sends(request.phone.e164());
+        let prefix = prefix_of(&policies.pumping, request.phone.e164());
+        let (prefix_key, quarantine_key) =
+            (limit_key::prefix(&prefix), limit_key::quarantine(&prefix));
         let phone = request.phone.e164().as_bytes();
         let id = request.request_id.as_bytes();
         let fresh = RequestRecord {
@@ -204,8 +245,9 @@ impl Store {
             carrier_message_id: None,
             error: None,
         };
-        unwrap_tx(
-            (&self.codes, &self.requests).transaction(|(codes, requests)| {
+        unwrap_tx((&self.codes, &self.requests, &self.limits).transaction(
+            |(codes, requests, limits)| {
+                let mut retry_of_unqueued = false;
                 if let Some(existing) = tx_get::<RequestRecord>(requests, id)? {
                     let same = existing.phone == fresh.phone
                         && existing.template == fresh.template
@@ -218,6 +260,35 @@ impl Store {
                     if existing.delivery_queued || existing.status != RequestStatus::Pending {
                         return Ok(IssueOutcome::Duplicate(Box::new(existing)));
                     }
+                    // Issued before but never queued (the process died): already counted.
+                    retry_of_unqueued = true;
+                }
+                if !retry_of_unqueued {
+                    if let Some(q) = tx_get::<Quarantine>(limits, &quarantine_key)?
+                        && q.is_active(now)
+                    {
+                        return Ok(IssueOutcome::Quarantined {
+                            quarantine: Box::new(q),
+                            new: false,
+                        });
+                    }
+                    let mut sends = tx_get::<SendHistory>(limits, &sends_key)?.unwrap_or_default();
+                    if let Err(limited) = policies.send.check(&sends, now) {
+                        return Ok(IssueOutcome::RateLimited(limited));
+                    }
+                    let mut stats = tx_get::<PrefixStats>(limits, &prefix_key)?
+                        .unwrap_or_else(|| PrefixStats::new(prefix.clone()));
+                    stats.on_send(&policies.pumping, now);
+                    if let Some(q) = policies.pumping.evaluate(&stats, now) {
+                        limits.insert(quarantine_key.as_slice(), encode(&q))?;
+                        return Ok(IssueOutcome::Quarantined {
+                            quarantine: Box::new(q),
+                            new: true,
+                        });
+                    }
+                    policies.send.record(&mut sends, now);
+                    limits.insert(sends_key.as_slice(), encode(&sends))?;
+                    limits.insert(prefix_key.as_slice(), encode(&stats))?;
                 }
                 if let Some(old) = tx_get::<CodeRecord>(codes, phone)?
                     && old.request_id != fresh.request_id
@@ -235,8 +306,8 @@ impl Store {
                 codes.insert(phone, encode(record))?;
                 requests.insert(id, encode(&fresh))?;
                 Ok(IssueOutcome::Issued)
-            }),
-        )
+            },
+        ))
     }
 
     /// Records that the delivery of `request_id` is confirmed by the broker.
@@ -308,11 +379,14 @@ impl Store {
         code: &Code,
         keys: &KeyRing,
         now: OffsetDateTime,
+        policies: &Policies,
     ) -> Result<(VerifyOutcome, bool), StoreError> {
         let phone_key = phone.e164().as_bytes();
+        let fail_key = limit_key::failures(phone.e164());
+        let prefix_key = limit_key::prefix(&prefix_of(&policies.pumping, phone.e164()));
         let dummy = dummy_record();
-        unwrap_tx(
-            (&self.codes, &self.requests).transaction(|(codes, requests)| {
+        unwrap_tx((&self.codes, &self.requests, &self.limits).transaction(
+            |(codes, requests, limits)| {
                 let record = tx_get::<CodeRecord>(codes, phone_key)?;
                 let against = record.as_ref().unwrap_or(&dummy);
                 // The key that made this digest (rotated keys stay usable);
@@ -320,8 +394,28 @@ impl Store {
                 let key = keys.get(&against.key_id).unwrap_or(keys.current());
                 let matched = key.matches(phone, &against.request_id, code, &against.digest)
                     && record.is_some();
+                let mut failures = tx_get::<VerifyFailures>(limits, &fail_key)?.unwrap_or_default();
+                if let Err(until) = failures.check(now) {
+                    return Ok((VerifyOutcome::Locked { until }, false));
+                }
                 let (outcome, transition) = decide(record.as_ref(), matched, now);
                 let changed = transition != Transition::Keep;
+                match &outcome {
+                    VerifyOutcome::Invalid { .. } | VerifyOutcome::MaxAttemptsReached { .. }
+                        if changed =>
+                    {
+                        failures.on_failure(&policies.verify, now);
+                        limits.insert(fail_key.as_slice(), encode(&failures))?;
+                    }
+                    VerifyOutcome::Approved { .. } => {
+                        limits.remove(fail_key.as_slice())?;
+                        if let Some(mut stats) = tx_get::<PrefixStats>(limits, &prefix_key)? {
+                            stats.on_verified(&policies.pumping, now);
+                            limits.insert(prefix_key.as_slice(), encode(&stats))?;
+                        }
+                    }
+                    _ => {}
+                }
                 match transition {
                     Transition::Keep => {}
                     Transition::Remove => {
@@ -355,8 +449,8 @@ impl Store {
                     requests.insert(request_id.as_bytes(), encode(&r))?;
                 }
                 Ok((outcome, changed))
-            }),
-        )
+            },
+        ))
     }
 
     /// Applies a sender's status event to the request's record. Returns false
@@ -476,9 +570,99 @@ impl Store {
         Ok(report)
     }
 
+    /// Removes limit records that no longer limit anything (empty send
+    /// windows, unlocked zero counts, finished prefix windows, lifted
+    /// quarantines). Returns how many went.
+    pub fn sweep_limits(
+        &self,
+        now: OffsetDateTime,
+        policies: &Policies,
+    ) -> Result<usize, StoreError> {
+        let mut removed = 0;
+        for entry in self.limits.iter() {
+            let (key, bytes) = entry?;
+            let stale = if key.starts_with(limit_key::SENDS) {
+                decode::<SendHistory>(&key, &bytes)?.is_stale(&policies.send, now)
+            } else if key.starts_with(limit_key::FAILURES) {
+                decode::<VerifyFailures>(&key, &bytes)?.is_stale(now)
+            } else if key.starts_with(limit_key::PREFIX) {
+                decode::<PrefixStats>(&key, &bytes)?.is_stale(&policies.pumping, now)
+            } else if key.starts_with(limit_key::QUARANTINE) {
+                !decode::<Quarantine>(&key, &bytes)?.is_active(now)
+            } else {
+                true
+            };
+            if stale
+                && self
+                    .limits
+                    .compare_and_swap(&key, Some(&bytes), None as Option<&[u8]>)?
+                    .is_ok()
+            {
+                removed += 1;
+            }
+        }
+        Ok(removed)
+    }
+
+    /// Whether a new code for `phone` would pass the send limits and the
+    /// pumping quarantine now (read-only; `issue` decides for real).
+    pub fn precheck(
+        &self,
+        phone: &str,
+        now: OffsetDateTime,
+        policies: &Policies,
+    ) -> Result<Result<(), IssueOutcome>, StoreError> {
+        let prefix = prefix_of(&policies.pumping, phone);
+        let quarantine_key = limit_key::quarantine(&prefix);
+        if let Some(bytes) = self.limits.get(&quarantine_key)? {
+            let q: Quarantine = decode(&quarantine_key, &bytes)?;
+            if q.is_active(now) {
+                return Ok(Err(IssueOutcome::Quarantined {
+                    quarantine: Box::new(q),
+                    new: false,
+                }));
+            }
+        }
+        let sends_key = limit_key::sends(phone);
+        let sends = match self.limits.get(&sends_key)? {
+            Some(bytes) => decode::<SendHistory>(&sends_key, &bytes)?,
+            None => SendHistory::default(),
+        };
+        Ok(policies
+            .send
+            .check(&sends, now)
+            .map_err(IssueOutcome::RateLimited))
+    }
+
+    /// The quarantines in force.
+    pub fn quarantines(&self, now: OffsetDateTime) -> Result<Vec<Quarantine>, StoreError> {
+        let mut out = Vec::new();
+        for entry in self.limits.scan_prefix(limit_key::QUARANTINE) {
+            let (key, bytes) = entry?;
+            let q: Quarantine = decode(&key, &bytes)?;
+            if q.is_active(now) {
+                out.push(q);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Lifts the quarantine of `prefix` (and restarts its counts). Returns
+    /// whether one was in force.
+    pub fn lift_quarantine(&self, prefix: &str, now: OffsetDateTime) -> Result<bool, StoreError> {
+        let was = self
+            .limits
+            .remove(limit_key::quarantine(prefix))?
+            .map(|b| decode::<Quarantine>(prefix.as_bytes(), &b))
+            .transpose()?
+            .is_some_and(|q| q.is_active(now));
+        self.limits.remove(limit_key::prefix(prefix))?;
+        Ok(was)
+    }
+
     /// Keys in every tree (for tests and capacity checks).
     pub fn len(&self) -> usize {
-        self.codes.len() + self.requests.len() + self.by_message.len()
+        self.codes.len() + self.requests.len() + self.by_message.len() + self.limits.len()
     }
 
     /// Whether both trees are empty.
@@ -493,6 +677,14 @@ mod tests {
     use crate::domain::DigestKey;
     use crate::domain::{Limits, RawRequest, Templates};
     use time::Duration;
+
+    /// Policies with the send limits off, for tests of other rules.
+    fn open() -> Policies {
+        let mut p = Policies::default();
+        p.send.resend_cooldown_secs = 0;
+        p.send.max_per_window = 0;
+        p
+    }
 
     fn setup() -> (tempfile::TempDir, Store, KeyRing) {
         let dir = tempfile::tempdir().unwrap();
@@ -532,26 +724,26 @@ mod tests {
         let req = request("r1");
         assert_eq!(
             store
-                .issue(&req, &record(&key, &req, "111111", now), now)
+                .issue(&req, &record(&key, &req, "111111", now), now, &open())
                 .unwrap(),
             IssueOutcome::Issued
         );
         // Not yet queued (as after a crash): issued again, replacing the code.
         assert_eq!(
             store
-                .issue(&req, &record(&key, &req, "222222", now), now)
+                .issue(&req, &record(&key, &req, "222222", now), now, &open())
                 .unwrap(),
             IssueOutcome::Issued
         );
         store.mark_queued("r1").unwrap();
         assert!(matches!(
             store
-                .issue(&req, &record(&key, &req, "333333", now), now)
+                .issue(&req, &record(&key, &req, "333333", now), now, &open())
                 .unwrap(),
             IssueOutcome::Duplicate(_)
         ));
         let code = Code::parse("222222").unwrap();
-        let (outcome, _) = store.verify(&req.phone, &code, &key, now).unwrap();
+        let (outcome, _) = store.verify(&req.phone, &code, &key, now, &open()).unwrap();
         assert_eq!(outcome.label(), "approved");
         assert_eq!(
             store.request("r1").unwrap().unwrap().status,
@@ -565,13 +757,13 @@ mod tests {
         let now = OffsetDateTime::now_utc();
         let req = request("r1");
         store
-            .issue(&req, &record(&key, &req, "111111", now), now)
+            .issue(&req, &record(&key, &req, "111111", now), now, &open())
             .unwrap();
         let mut other = req.clone();
         other.phone = Phone::parse("+447911123456").unwrap();
         assert_eq!(
             store
-                .issue(&other, &record(&key, &other, "111111", now), now)
+                .issue(&other, &record(&key, &other, "111111", now), now, &open())
                 .unwrap(),
             IssueOutcome::Conflict
         );
@@ -583,14 +775,18 @@ mod tests {
         let now = OffsetDateTime::now_utc();
         let (a, b) = (request("a"), request("b"));
         store
-            .issue(&a, &record(&key, &a, "111111", now), now)
+            .issue(&a, &record(&key, &a, "111111", now), now, &open())
             .unwrap();
         store
-            .issue(&b, &record(&key, &b, "222222", now), now)
+            .issue(&b, &record(&key, &b, "222222", now), now, &open())
             .unwrap();
         let old = Code::parse("111111").unwrap();
         assert_eq!(
-            store.verify(&a.phone, &old, &key, now).unwrap().0.label(),
+            store
+                .verify(&a.phone, &old, &key, now, &open())
+                .unwrap()
+                .0
+                .label(),
             "invalid_code"
         );
         assert_eq!(
@@ -599,11 +795,19 @@ mod tests {
         );
         let new = Code::parse("222222").unwrap();
         assert_eq!(
-            store.verify(&b.phone, &new, &key, now).unwrap().0.label(),
+            store
+                .verify(&b.phone, &new, &key, now, &open())
+                .unwrap()
+                .0
+                .label(),
             "approved"
         );
         assert_eq!(
-            store.verify(&b.phone, &new, &key, now).unwrap().0.label(),
+            store
+                .verify(&b.phone, &new, &key, now, &open())
+                .unwrap()
+                .0
+                .label(),
             "not_found"
         );
     }
@@ -614,13 +818,13 @@ mod tests {
         let now = OffsetDateTime::now_utc();
         let req = request("r1");
         store
-            .issue(&req, &record(&key, &req, "111111", now), now)
+            .issue(&req, &record(&key, &req, "111111", now), now, &open())
             .unwrap();
         let later = now + Duration::minutes(6);
         let code = Code::parse("111111").unwrap();
         assert_eq!(
             store
-                .verify(&req.phone, &code, &key, later)
+                .verify(&req.phone, &code, &key, later, &open())
                 .unwrap()
                 .0
                 .label(),
@@ -632,7 +836,7 @@ mod tests {
         );
         assert_eq!(
             store
-                .verify(&req.phone, &code, &key, later)
+                .verify(&req.phone, &code, &key, later, &open())
                 .unwrap()
                 .0
                 .label(),
@@ -646,7 +850,7 @@ mod tests {
         let now = OffsetDateTime::now_utc();
         let req = request("r1");
         store
-            .issue(&req, &record(&key, &req, "111111", now), now)
+            .issue(&req, &record(&key, &req, "111111", now), now, &open())
             .unwrap();
         assert!(
             store
@@ -700,12 +904,12 @@ mod tests {
         let now = OffsetDateTime::now_utc();
         let req = request("r1");
         store
-            .issue(&req, &record(&key, &req, "111111", now), now)
+            .issue(&req, &record(&key, &req, "111111", now), now, &open())
             .unwrap();
         let code = Code::parse("111111").unwrap();
         assert_eq!(
             store
-                .verify(&req.phone, &code, &key, now)
+                .verify(&req.phone, &code, &key, now, &open())
                 .unwrap()
                 .0
                 .label(),
@@ -739,7 +943,7 @@ mod tests {
         let now = OffsetDateTime::now_utc();
         let req = request("r1");
         store
-            .issue(&req, &record(&old, &req, "111111", now), now)
+            .issue(&req, &record(&old, &req, "111111", now), now, &open())
             .unwrap();
         let rotated = KeyRing::new(
             DigestKey::new(vec![7; 32]).unwrap(),
@@ -748,7 +952,7 @@ mod tests {
         let code = Code::parse("111111").unwrap();
         assert_eq!(
             store
-                .verify(&req.phone, &code, &rotated, now)
+                .verify(&req.phone, &code, &rotated, now, &open())
                 .unwrap()
                 .0
                 .label(),
@@ -757,13 +961,13 @@ mod tests {
         // Once the old key is dropped, its codes no longer verify.
         let req2 = request("r2");
         store
-            .issue(&req2, &record(&old, &req2, "222222", now), now)
+            .issue(&req2, &record(&old, &req2, "222222", now), now, &open())
             .unwrap();
         let dropped = KeyRing::new(DigestKey::new(vec![7; 32]).unwrap(), vec![]);
         let code = Code::parse("222222").unwrap();
         assert_eq!(
             store
-                .verify(&req2.phone, &code, &dropped, now)
+                .verify(&req2.phone, &code, &dropped, now, &open())
                 .unwrap()
                 .0
                 .label(),
@@ -777,7 +981,7 @@ mod tests {
         let now = OffsetDateTime::now_utc();
         let req = request("r1");
         store
-            .issue(&req, &record(&key, &req, "111111", now), now)
+            .issue(&req, &record(&key, &req, "111111", now), now, &open())
             .unwrap();
         assert!(matches!(
             store.cancel("r1", now).unwrap(),
@@ -786,7 +990,7 @@ mod tests {
         let code = Code::parse("111111").unwrap();
         assert_eq!(
             store
-                .verify(&req.phone, &code, &key, now)
+                .verify(&req.phone, &code, &key, now, &open())
                 .unwrap()
                 .0
                 .label(),
@@ -800,10 +1004,10 @@ mod tests {
         // A newer code for the number is not touched by canceling an older request.
         let (a, b) = (request("a"), request("b"));
         store
-            .issue(&a, &record(&key, &a, "333333", now), now)
+            .issue(&a, &record(&key, &a, "333333", now), now, &open())
             .unwrap();
         store
-            .issue(&b, &record(&key, &b, "444444", now), now)
+            .issue(&b, &record(&key, &b, "444444", now), now, &open())
             .unwrap();
         assert!(matches!(
             store.cancel("a", now).unwrap(),
@@ -811,7 +1015,11 @@ mod tests {
         ));
         let code = Code::parse("444444").unwrap();
         assert_eq!(
-            store.verify(&b.phone, &code, &key, now).unwrap().0.label(),
+            store
+                .verify(&b.phone, &code, &key, now, &open())
+                .unwrap()
+                .0
+                .label(),
             "approved"
         );
     }
@@ -825,7 +1033,7 @@ mod tests {
             let mut req = request(&format!("r{i}"));
             req.phone = Phone::parse(&format!("+1415555{:04}", 1000 + i)).unwrap();
             store
-                .issue(&req, &record(&key, &req, "111111", now), now)
+                .issue(&req, &record(&key, &req, "111111", now), now, &open())
                 .unwrap();
             store
                 .apply_event(
@@ -838,7 +1046,11 @@ mod tests {
                 )
                 .unwrap();
         }
-        assert_eq!(store.len(), 60);
+        assert_eq!(
+            store.len(),
+            60 + 21,
+            "codes, requests, message ids; 20 send histories and 1 prefix"
+        );
         // Before expiry nothing goes.
         assert_eq!(
             store.sweep(now, time::Duration::hours(24)).unwrap(),
@@ -857,12 +1069,12 @@ mod tests {
         );
         assert_eq!(
             store.len(),
-            40,
+            40 + 21,
             "request records stay for the retention period"
         );
-        let report = store
-            .sweep(later + time::Duration::hours(24), time::Duration::hours(24))
-            .unwrap();
+        let day_later = later + time::Duration::hours(24);
+        assert_eq!(store.sweep_limits(day_later, &open()).unwrap(), 21);
+        let report = store.sweep(day_later, time::Duration::hours(24)).unwrap();
         assert_eq!((report.requests, report.message_ids), (20, 20));
         assert!(store.is_empty(), "back to the baseline");
     }
@@ -873,7 +1085,7 @@ mod tests {
         let now = OffsetDateTime::now_utc();
         let req = request("r1");
         store
-            .issue(&req, &record(&key, &req, "864209", now), now)
+            .issue(&req, &record(&key, &req, "864209", now), now, &open())
             .unwrap();
         drop(store);
         let mut found = false;

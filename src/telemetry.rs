@@ -36,6 +36,8 @@ pub mod names {
     pub const BROKER_CONNECTED: &str = "otp_broker_connected";
     /// Broker connections rebuilt after a loss.
     pub const BROKER_RECONNECTS: &str = "otp_broker_reconnects_total";
+    /// Number prefixes quarantined as suspected SMS pumping, by `rule`.
+    pub const QUARANTINES: &str = "otp_quarantines_total";
     /// HTTP requests refused because their API key is over its rate.
     pub const HTTP_RATE_LIMITED: &str = "otp_http_rate_limited_total";
     /// HTTP requests refused for a missing or wrong API key.

@@ -166,6 +166,9 @@ pub struct Event {
     /// What went wrong, for `failed` / `rejected` / `undelivered`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// Seconds until a refused request may be tried again (`rate_limited`, `suspected_pumping`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_after_secs: Option<u64>,
     /// When the code expires (`event.accepted`).
     #[serde(
         default,
@@ -192,6 +195,7 @@ impl Event {
             carrier: None,
             carrier_message_id: None,
             error: None,
+            retry_after_secs: None,
             expires_at: None,
         }
     }
@@ -229,6 +233,9 @@ pub struct Reply {
     /// Human-readable detail of a rejection.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// Seconds until a refused request may be tried again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_after_secs: Option<u64>,
     /// When the issued code expires.
     #[serde(
         default,
@@ -236,6 +243,20 @@ pub struct Reply {
         with = "time::serde::rfc3339::option"
     )]
     pub expires_at: Option<OffsetDateTime>,
+}
+
+impl Reply {
+    /// The answer for an issued (or already issued) code.
+    pub fn accepted(request_id: &str, expires_at: OffsetDateTime) -> Self {
+        Self {
+            request_id: Some(request_id.to_owned()),
+            status: ReplyStatus::Accepted,
+            reason: None,
+            error: None,
+            retry_after_secs: None,
+            expires_at: Some(expires_at),
+        }
+    }
 }
 
 /// A reply's status.
@@ -274,6 +295,7 @@ mod tests {
             status: ReplyStatus::Rejected,
             reason: Some(RejectReason::InvalidPhone),
             error: Some("bad".into()),
+            retry_after_secs: None,
             expires_at: None,
         };
         let v = serde_json::to_value(&r).unwrap();

@@ -83,6 +83,8 @@ pub enum RejectReason {
     RateLimited,
     /// The destination country is not allowed.
     CountryBlocked,
+    /// The number's prefix is quarantined as suspected SMS pumping.
+    SuspectedPumping,
 }
 
 impl RejectReason {
@@ -93,6 +95,7 @@ impl RejectReason {
             Self::InvalidPhone => "invalid_phone",
             Self::RateLimited => "rate_limited",
             Self::CountryBlocked => "country_blocked",
+            Self::SuspectedPumping => "suspected_pumping",
         }
     }
 }

@@ -76,7 +76,7 @@ impl Templates {
     ) -> Option<String> {
         let text = self.text(name, locale)?;
         // Round up: a 90-second code "expires in 2 min", never "in 1 min".
-        let minutes = (ttl.whole_seconds() + 59) / 60;
+        let minutes = ttl.whole_seconds().saturating_add(59) / 60;
         let mut out = String::with_capacity(text.len() + 16);
         let mut rest = text;
         while let Some(start) = rest.find('{') {

@@ -46,6 +46,12 @@ pub enum VerifyOutcome {
     },
     /// No live code for this number (never issued, already used, or replaced).
     NotFound,
+    /// Too many consecutive failed verifications for this number (across
+    /// codes): nothing is checked until `until`.
+    Locked {
+        /// When verification opens again.
+        until: OffsetDateTime,
+    },
 }
 
 impl VerifyOutcome {
@@ -57,6 +63,7 @@ impl VerifyOutcome {
             Self::Expired { .. } => "expired",
             Self::MaxAttemptsReached { .. } => "max_attempts_reached",
             Self::NotFound => "not_found",
+            Self::Locked { .. } => "locked",
         }
     }
 }

@@ -1,6 +1,7 @@
 //! HTTP: the generator's API (`/v1/*`) and every process's operational routes
 //! (`/metrics`, `/healthz`, `/readyz`).
 
+mod admin;
 mod auth;
 mod json;
 mod ops;
@@ -37,6 +38,11 @@ pub fn api_router(state: ApiState, metrics: PrometheusHandle, max_body_bytes: us
         .route("/v1/verify", post(verify::verify))
         .route("/v1/otp", post(otp::create))
         .route("/v1/otp/{request_id}", get(otp::status).delete(otp::cancel))
+        .route("/v1/admin/quarantines", get(admin::quarantines))
+        .route(
+            "/v1/admin/quarantines/{prefix}",
+            axum::routing::delete(admin::lift),
+        )
         .route_layer(axum::middleware::from_fn_with_state(
             state.gate.clone(),
             auth::require_api_key,

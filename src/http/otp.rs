@@ -2,11 +2,12 @@
 
 use crate::domain::RawRequest;
 use crate::domain::phone::mask;
+use crate::generator::GeneratorError;
 use crate::http::ApiState;
 use crate::http::json::{ApiError, ApiJson};
 use crate::store::CancelOutcome;
 use axum::extract::{Path, State};
-use axum::http::StatusCode;
+use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 use time::format_description::well_known::Rfc3339;
@@ -18,9 +19,36 @@ pub async fn create(
     ApiJson(raw): ApiJson<RawRequest>,
 ) -> Result<Response, ApiError> {
     let request_id = raw.request_id.clone();
-    if let Err(rejection) = state.generator.validate(raw.clone()) {
-        let body = json!({"error": rejection.detail, "reason": rejection.reason});
-        return Ok((StatusCode::BAD_REQUEST, axum::Json(body)).into_response());
+    let valid = match state.generator.validate(raw.clone()) {
+        Ok(valid) => valid,
+        Err(rejection) => {
+            let body = json!({"error": rejection.detail, "reason": rejection.reason});
+            return Ok((StatusCode::BAD_REQUEST, axum::Json(body)).into_response());
+        }
+    };
+    match state.generator.precheck(&valid) {
+        Ok(()) => {}
+        Err(GeneratorError::Refused(rejection, retry_at)) => {
+            state
+                .generator
+                .announce_refusal(&valid, &rejection, retry_at)
+                .await;
+            let mut body = json!({"error": rejection.detail, "reason": rejection.reason});
+            let Some(retry_at) = retry_at else {
+                return Ok((StatusCode::BAD_REQUEST, axum::Json(body)).into_response());
+            };
+            let wait = crate::generator::seconds_until(retry_at, state.generator.now());
+            body["retry_after_secs"] = json!(wait);
+            let mut response = (StatusCode::TOO_MANY_REQUESTS, axum::Json(body)).into_response();
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(wait));
+            return Ok(response);
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "limit check failed");
+            return Err(ApiError::unavailable("the store is unavailable; try again"));
+        }
     }
     state.generator.submit(&raw).await.map_err(|e| {
         tracing::warn!(error = %e, "could not publish a request");

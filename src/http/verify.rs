@@ -43,6 +43,19 @@ pub async fn verify(
             json!({"status": "max_attempts_reached"}),
         ),
         VerifyOutcome::NotFound => (StatusCode::NOT_FOUND, json!({"status": "not_found"})),
+        VerifyOutcome::Locked { until } => {
+            let wait = crate::generator::seconds_until(until, state.generator.now());
+            let mut response = (
+                StatusCode::TOO_MANY_REQUESTS,
+                axum::Json(json!({"status": "locked", "retry_after_secs": wait})),
+            )
+                .into_response();
+            response.headers_mut().insert(
+                axum::http::header::RETRY_AFTER,
+                axum::http::HeaderValue::from(wait),
+            );
+            return Ok(response);
+        }
     };
     Ok((status, axum::Json(body)).into_response())
 }
