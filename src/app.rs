@@ -98,11 +98,7 @@ impl GeneratorApp {
         let metrics = telemetry::metrics();
         let data_dir = config.store.data_dir.clone();
         secrets::ensure_data_dir(&data_dir)?;
-        let key = secrets::key_ring(
-            config.store.hmac_key.as_deref(),
-            &config.store.previous_hmac_keys,
-            &data_dir,
-        )?;
+        let key = secrets::key_ring(config.store.hmac_key.as_deref(), &config.store.previous_hmac_keys, &data_dir)?;
         let (keys, created_api_key) = secrets::api_keys(&config.http.api_keys, &data_dir)?;
         let store = Store::open(&data_dir)?;
         let policy = Policy {
@@ -115,43 +111,20 @@ impl GeneratorApp {
         let broker = Broker::new(&config.broker, "otp-generator");
         let generator = Arc::new(Generator::new(store, key, policy, broker, clock));
         let addr = config.http.listen;
-        let listener = TcpListener::bind(addr)
-            .await
-            .map_err(|source| AppError::Http { addr, source })?;
+        let listener = TcpListener::bind(addr).await.map_err(|source| AppError::Http { addr, source })?;
         let api_keys = Arc::new(ApiKeys::new(&keys));
-        let gate = Arc::new(Gate::new(
-            api_keys.clone(),
-            config.http.rate_per_key_per_sec,
-            config.http.burst_per_key,
-        ));
-        let state = ApiState {
-            generator: generator.clone(),
-            gate,
-        };
+        let gate = Arc::new(Gate::new(api_keys.clone(), config.http.rate_per_key_per_sec, config.http.burst_per_key));
+        let state = ApiState { generator: generator.clone(), gate };
         let router = http::api_router(state, metrics, config.http.max_body_bytes);
         let sweep_every = std::time::Duration::from_secs(config.store.sweep_interval_secs.max(1));
-        let retention =
-            time::Duration::seconds(i64::try_from(config.store.retention_secs).unwrap_or(i64::MAX));
-        Ok(Self {
-            generator,
-            listener,
-            router,
-            created_api_key,
-            data_dir,
-            api_keys,
-            sweep_every,
-            retention,
-        })
+        let retention = time::Duration::seconds(i64::try_from(config.store.retention_secs).unwrap_or(i64::MAX));
+        Ok(Self { generator, listener, router, created_api_key, data_dir, api_keys, sweep_every, retention })
     }
 
     /// A handle that reloads the API keys (the configuration is read from
     /// `config_path`, as at start-up).
     pub fn key_reloader(&self, config_path: Option<PathBuf>) -> KeyReloader {
-        KeyReloader {
-            keys: self.api_keys.clone(),
-            config_path,
-            data_dir: self.data_dir.clone(),
-        }
+        KeyReloader { keys: self.api_keys.clone(), config_path, data_dir: self.data_dir.clone() }
     }
 
     /// Adds routes to the HTTP API (all-in-one mode mounts the receipt routes).
@@ -162,9 +135,7 @@ impl GeneratorApp {
 
     /// The bound HTTP address.
     pub fn local_addr(&self) -> SocketAddr {
-        self.listener
-            .local_addr()
-            .expect("bound listener has an address")
+        self.listener.local_addr().expect("bound listener has an address")
     }
 
     /// The API key created at this start, if there was none before.
@@ -188,23 +159,13 @@ impl GeneratorApp {
         let broker = self.generator.broker().clone();
         let topology = broker.topology().clone();
         let subscriptions = vec![
-            Subscription {
-                queue: topology.requests,
-                handler: Arc::new(RequestHandler(self.generator.clone())),
-            },
-            Subscription {
-                queue: topology.status,
-                handler: Arc::new(StatusHandler(self.generator.clone())),
-            },
+            Subscription { queue: topology.requests, handler: Arc::new(RequestHandler(self.generator.clone())) },
+            Subscription { queue: topology.status, handler: Arc::new(StatusHandler(self.generator.clone())) },
         ];
         let consuming = tokio::spawn(broker.run(subscriptions, shutdown.clone()));
         let sweeper = tokio::spawn({
-            let (generator, shutdown, every, retention) = (
-                self.generator.clone(),
-                shutdown.clone(),
-                self.sweep_every,
-                self.retention,
-            );
+            let (generator, shutdown, every, retention) =
+                (self.generator.clone(), shutdown.clone(), self.sweep_every, self.retention);
             async move {
                 let mut ticks = tokio::time::interval(every);
                 ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -239,18 +200,10 @@ pub struct SenderApp {
 
 impl SenderApp {
     /// Builds the carriers; binds `sender.listen` if `with_http`.
-    pub async fn build(
-        config: &Config,
-        clock: Arc<dyn Clock>,
-        with_http: bool,
-    ) -> Result<Self, AppError> {
+    pub async fn build(config: &Config, clock: Arc<dyn Clock>, with_http: bool) -> Result<Self, AppError> {
         let listener = if with_http {
             let addr = config.sender.listen;
-            Some(
-                TcpListener::bind(addr)
-                    .await
-                    .map_err(|source| AppError::Http { addr, source })?,
-            )
+            Some(TcpListener::bind(addr).await.map_err(|source| AppError::Http { addr, source })?)
         } else {
             None
         };
@@ -258,25 +211,13 @@ impl SenderApp {
     }
 
     /// Builds the carriers, serving ops and receipt routes on `listener` if given.
-    pub fn build_on(
-        config: &Config,
-        clock: Arc<dyn Clock>,
-        listener: Option<TcpListener>,
-    ) -> Result<Self, AppError> {
+    pub fn build_on(config: &Config, clock: Arc<dyn Clock>, listener: Option<TcpListener>) -> Result<Self, AppError> {
         telemetry::metrics();
         let broker = Broker::new(&config.broker, "otp-sender");
         let sender = Arc::new(Sender::from_config(config, broker.clone(), clock.clone())?);
-        let receipts = http::ReceiptState {
-            carriers: Arc::new(config.carriers.clone()),
-            broker: broker.clone(),
-            clock,
-        };
-        Ok(Self {
-            sender,
-            broker,
-            listener,
-            receipts,
-        })
+        let receipts =
+            http::ReceiptState { carriers: Arc::new(config.carriers.clone()), broker: broker.clone(), clock };
+        Ok(Self { sender, broker, listener, receipts })
     }
 
     /// The bound ops address, if any.
@@ -302,21 +243,14 @@ impl SenderApp {
     /// Runs until `shutdown`, finishing in-flight deliveries first.
     pub async fn run(self, shutdown: CancellationToken) -> Result<(), AppError> {
         let queue = self.broker.topology().deliveries.clone();
-        let subscriptions = vec![Subscription {
-            queue,
-            handler: Arc::new(DeliveryHandler(self.sender.clone())),
-        }];
+        let subscriptions = vec![Subscription { queue, handler: Arc::new(DeliveryHandler(self.sender.clone())) }];
         let consuming = tokio::spawn(self.broker.clone().run(subscriptions, shutdown.clone()));
         if let Some(listener) = self.listener {
-            let addr = listener.local_addr().map_err(|source| AppError::Http {
-                addr: ([0, 0, 0, 0], 0).into(),
-                source,
-            })?;
-            let router = http::ops_router(self.broker.clone(), telemetry::metrics())
-                .merge(http::receipts_router(self.receipts));
-            http::serve(listener, router, shutdown.clone())
-                .await
-                .map_err(|source| AppError::Http { addr, source })?;
+            let addr =
+                listener.local_addr().map_err(|source| AppError::Http { addr: ([0, 0, 0, 0], 0).into(), source })?;
+            let router =
+                http::ops_router(self.broker.clone(), telemetry::metrics()).merge(http::receipts_router(self.receipts));
+            http::serve(listener, router, shutdown.clone()).await.map_err(|source| AppError::Http { addr, source })?;
         }
         let _ = consuming.await;
         tracing::info!("sender stopped");
@@ -329,8 +263,8 @@ pub fn shutdown_on_signals() -> CancellationToken {
     let token = CancellationToken::new();
     let cancel = token.clone();
     tokio::spawn(async move {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .expect("install SIGTERM handler");
+        let mut term =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("install SIGTERM handler");
         tokio::select! {
             _ = tokio::signal::ctrl_c() => {}
             _ = term.recv() => {}

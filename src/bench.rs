@@ -87,58 +87,26 @@ pub struct BenchReport {
 impl std::fmt::Display for BenchReport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let o = &self.options;
-        let offered = o
-            .rate
-            .map_or("as fast as possible".to_owned(), |r| format!("{r}/s"));
+        let offered = o.rate.map_or("as fast as possible".to_owned(), |r| format!("{r}/s"));
         writeln!(f, "| measure | value |\n|---|---|")?;
         writeln!(f, "| requests (offered) | {} ({offered}) |", o.requests)?;
-        writeln!(
-            f,
-            "| primary carrier error rate | {:.0} % |",
-            o.primary_error_rate * 100.0
-        )?;
+        writeln!(f, "| primary carrier error rate | {:.0} % |", o.primary_error_rate * 100.0)?;
         let pct = 100.0 * self.delivered as f64 / o.requests as f64;
-        writeln!(
-            f,
-            "| delivered | {} ({pct:.2} %), {} via failover |",
-            self.delivered, self.via_failover
-        )?;
+        writeln!(f, "| delivered | {} ({pct:.2} %), {} via failover |", self.delivered, self.via_failover)?;
         writeln!(f, "| primary carrier errors | {} |", self.primary_errors)?;
-        writeln!(
-            f,
-            "| pipeline throughput (publish → SMS accepted) | {:.0} OTP/s |",
-            self.otp_per_sec
-        )?;
+        writeln!(f, "| pipeline throughput (publish → SMS accepted) | {:.0} OTP/s |", self.otp_per_sec)?;
         let (p50, p99, max) = self.delivery_ms;
-        writeln!(
-            f,
-            "| delivery latency p50 / p99 / max | {p50:.1} / {p99:.1} / {max:.1} ms |"
-        )?;
-        writeln!(
-            f,
-            "| verify throughput ({} clients) | {:.0} req/s |",
-            o.verify_concurrency, self.verify_per_sec
-        )?;
+        writeln!(f, "| delivery latency p50 / p99 / max | {p50:.1} / {p99:.1} / {max:.1} ms |")?;
+        writeln!(f, "| verify throughput ({} clients) | {:.0} req/s |", o.verify_concurrency, self.verify_per_sec)?;
         let (p50, p99, max) = self.verify_ms;
-        writeln!(
-            f,
-            "| verify latency p50 / p99 / max | {p50:.2} / {p99:.2} / {max:.2} ms |"
-        )?;
-        write!(
-            f,
-            "| verifications approved | {} / {} |",
-            self.approved, self.delivered
-        )
+        writeln!(f, "| verify latency p50 / p99 / max | {p50:.2} / {p99:.2} / {max:.2} ms |")?;
+        write!(f, "| verifications approved | {} / {} |", self.approved, self.delivered)
     }
 }
 
 fn millis(h: &Histogram<u64>) -> (f64, f64, f64) {
     let ms = |us: u64| us as f64 / 1000.0;
-    (
-        ms(h.value_at_quantile(0.5)),
-        ms(h.value_at_quantile(0.99)),
-        ms(h.max()),
-    )
+    (ms(h.value_at_quantile(0.5)), ms(h.value_at_quantile(0.99)), ms(h.max()))
 }
 
 fn phone(i: usize) -> String {
@@ -154,10 +122,7 @@ struct Carrier {
 impl Carrier {
     async fn start(config: FakeCarrierConfig) -> Result<Self, BenchError> {
         let fake = FakeCarrier::start(([127, 0, 0, 1], 0).into(), config).await?;
-        Ok(Self {
-            zero: fake.epoch(),
-            fake,
-        })
+        Ok(Self { zero: fake.epoch(), fake })
     }
 
     fn accepted(&self) -> Vec<(ReceivedSms, Instant)> {
@@ -176,15 +141,8 @@ impl Carrier {
 /// Runs the benchmark against the broker in `base` (its URL is used; names
 /// get a private prefix, and everything is deleted afterwards).
 pub async fn run(base: &Config, options: BenchOptions) -> Result<BenchReport, BenchError> {
-    let quiet = FakeCarrierConfig {
-        receipts: false,
-        ..Default::default()
-    };
-    let primary = Carrier::start(FakeCarrierConfig {
-        error_rate: options.primary_error_rate,
-        ..quiet.clone()
-    })
-    .await?;
+    let quiet = FakeCarrierConfig { receipts: false, ..Default::default() };
+    let primary = Carrier::start(FakeCarrierConfig { error_rate: options.primary_error_rate, ..quiet.clone() }).await?;
     let failover = Carrier::start(quiet).await?;
 
     let dir = std::env::temp_dir().join(format!("otp-bench-{}", uuid::Uuid::new_v4().simple()));
@@ -219,14 +177,8 @@ pub async fn run(base: &Config, options: BenchOptions) -> Result<BenchReport, Be
         timeout_ms: 5_000,
     });
     config.routing.default = vec![
-        RouteEntry::Weighted {
-            carrier: "twilio".into(),
-            weight: 1,
-        },
-        RouteEntry::Weighted {
-            carrier: "vonage".into(),
-            weight: 0,
-        },
+        RouteEntry::Weighted { carrier: "twilio".into(), weight: 1 },
+        RouteEntry::Weighted { carrier: "vonage".into(), weight: 0 },
     ];
 
     let generator = GeneratorApp::build(&config, Arc::new(SystemClock)).await?;
@@ -241,19 +193,14 @@ pub async fn run(base: &Config, options: BenchOptions) -> Result<BenchReport, Be
     if !(g_broker.wait_connected(Duration::from_secs(10)).await
         && s_broker.wait_connected(Duration::from_secs(10)).await)
     {
-        return Err(BenchError::Incomplete(
-            "the pipeline did not connect to RabbitMQ within 10 s",
-        ));
+        return Err(BenchError::Incomplete("the pipeline did not connect to RabbitMQ within 10 s"));
     }
 
     // Publish phase: paced (or not), confirms pipelined within a window.
     let topology = Topology::new(&prefix, None);
-    let connection =
-        Connection::connect(&config.broker.url, ConnectionProperties::default()).await?;
+    let connection = Connection::connect(&config.broker.url, ConnectionProperties::default()).await?;
     let channel = connection.create_channel().await?;
-    channel
-        .confirm_select(ConfirmSelectOptions::default())
-        .await?;
+    channel.confirm_select(ConfirmSelectOptions::default()).await?;
     let mut published_at = HashMap::with_capacity(options.requests);
     let mut pending = std::collections::VecDeque::new();
     let started = Instant::now();
@@ -262,11 +209,7 @@ pub async fn run(base: &Config, options: BenchOptions) -> Result<BenchReport, Be
             let due = started + Duration::from_secs_f64(i as f64 / f64::from(rate.max(1)));
             tokio::time::sleep_until(due.into()).await;
         }
-        let request = RawRequest {
-            request_id: format!("bench-{i}"),
-            phone: phone(i),
-            ..Default::default()
-        };
+        let request = RawRequest { request_id: format!("bench-{i}"), phone: phone(i), ..Default::default() };
         let body = serde_json::to_vec(&request).expect("requests serialize");
         published_at.insert(request.phone.clone(), Instant::now());
         let confirm = channel
@@ -306,12 +249,7 @@ pub async fn run(base: &Config, options: BenchOptions) -> Result<BenchReport, Be
     let _ = connection.close(200, "bye".into()).await;
     let via_primary = primary.accepted();
     let via_failover = failover.accepted();
-    let primary_errors = primary
-        .fake
-        .messages()
-        .iter()
-        .filter(|m| !m.accepted)
-        .count();
+    let primary_errors = primary.fake.messages().iter().filter(|m| !m.accepted).count();
     let delivered: Vec<_> = via_primary.iter().chain(&via_failover).collect();
     let last = delivered.iter().map(|(_, at)| *at).max().unwrap_or(started);
     let otp_per_sec = delivered.len() as f64 / (last - started).as_secs_f64().max(1e-9);
@@ -324,14 +262,9 @@ pub async fn run(base: &Config, options: BenchOptions) -> Result<BenchReport, Be
 
     // Verify phase: every collected code, `verify_concurrency` clients.
     let work: Arc<Mutex<Vec<(String, String)>>> = Arc::new(Mutex::new(
-        delivered
-            .iter()
-            .filter_map(|(sms, _)| Some((sms.to.clone(), sms.code.clone()?)))
-            .collect(),
+        delivered.iter().filter_map(|(sms, _)| Some((sms.to.clone(), sms.code.clone()?))).collect(),
     ));
-    let client = reqwest::Client::builder()
-        .pool_max_idle_per_host(options.verify_concurrency)
-        .build()?;
+    let client = reqwest::Client::builder().pool_max_idle_per_host(options.verify_concurrency).build()?;
     let url = format!("http://{api}/v1/verify");
     let verify_started = Instant::now();
     let mut workers = tokio::task::JoinSet::new();
@@ -393,14 +326,10 @@ async fn cleanup(url: &str, t: &Topology) {
         return;
     };
     for q in [&t.requests, &t.deliveries, &t.status, &t.dead] {
-        let _ = channel
-            .queue_delete(q.as_str().into(), QueueDeleteOptions::default())
-            .await;
+        let _ = channel.queue_delete(q.as_str().into(), QueueDeleteOptions::default()).await;
     }
     for x in [&t.exchange, &t.dlx] {
-        let _ = channel
-            .exchange_delete(x.as_str().into(), ExchangeDeleteOptions::default())
-            .await;
+        let _ = channel.exchange_delete(x.as_str().into(), ExchangeDeleteOptions::default()).await;
     }
     let _ = connection.close(200, "bye".into()).await;
 }

@@ -6,8 +6,7 @@ use crate::broker::{BrokerError, Topology, json_properties};
 use crate::domain::{RawRequest, Reply};
 use futures_lite::StreamExt;
 use lapin::options::{
-    BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, ConfirmSelectOptions,
-    QueueDeclareOptions,
+    BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, ConfirmSelectOptions, QueueDeclareOptions,
 };
 use lapin::types::FieldTable;
 use lapin::{Confirmation, Connection, ConnectionProperties};
@@ -41,26 +40,17 @@ pub async fn publish_bytes(
     body: &[u8],
     wait: Option<Duration>,
 ) -> Result<Option<Reply>, ClientError> {
-    let connection = Connection::connect(
-        url,
-        ConnectionProperties::default().with_connection_name("otp-publish".into()),
-    )
-    .await?;
+    let connection =
+        Connection::connect(url, ConnectionProperties::default().with_connection_name("otp-publish".into())).await?;
     let channel = connection.create_channel().await?;
-    channel
-        .confirm_select(ConfirmSelectOptions::default())
-        .await?;
+    channel.confirm_select(ConfirmSelectOptions::default()).await?;
     let mut properties = json_properties();
     let mut replies = None;
     if wait.is_some() {
         let queue = channel
             .queue_declare(
                 "".into(),
-                QueueDeclareOptions {
-                    exclusive: true,
-                    auto_delete: true,
-                    ..Default::default()
-                },
+                QueueDeclareOptions { exclusive: true, auto_delete: true, ..Default::default() },
                 FieldTable::default(),
             )
             .await?;
@@ -72,19 +62,14 @@ pub async fn publish_bytes(
                 FieldTable::default(),
             )
             .await?;
-        properties = properties
-            .with_reply_to(queue.name().clone())
-            .with_correlation_id("otp-publish".into());
+        properties = properties.with_reply_to(queue.name().clone()).with_correlation_id("otp-publish".into());
         replies = Some(consumer);
     }
     let confirm = channel
         .basic_publish(
             topology.exchange.as_str().into(),
             Topology::REQUEST_KEY.into(),
-            BasicPublishOptions {
-                mandatory: true,
-                ..Default::default()
-            },
+            BasicPublishOptions { mandatory: true, ..Default::default() },
             body,
             properties,
         )
@@ -92,25 +77,17 @@ pub async fn publish_bytes(
         .await?;
     match confirm {
         Confirmation::Ack(Some(_)) => {
-            return Err(BrokerError::NotConfirmed(
-                "no queue is bound for it: is the generator set up?",
-            )
-            .into());
+            return Err(BrokerError::NotConfirmed("no queue is bound for it: is the generator set up?").into());
         }
         Confirmation::Nack(_) => return Err(BrokerError::NotConfirmed("nack").into()),
         _ => {}
     }
     let reply = match (replies, wait) {
         (Some(mut consumer), Some(wait)) => {
-            let delivery = tokio::time::timeout(wait, consumer.next())
-                .await
-                .map_err(|_| ClientError::Timeout(wait))?;
+            let delivery = tokio::time::timeout(wait, consumer.next()).await.map_err(|_| ClientError::Timeout(wait))?;
             let delivery = delivery.ok_or(ClientError::Timeout(wait))??;
             delivery.ack(BasicAckOptions::default()).await?;
-            Some(
-                serde_json::from_slice(&delivery.data)
-                    .map_err(|e| ClientError::BadReply(e.to_string()))?,
-            )
+            Some(serde_json::from_slice(&delivery.data).map_err(|e| ClientError::BadReply(e.to_string()))?)
         }
         _ => None,
     };

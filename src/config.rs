@@ -122,35 +122,22 @@ pub struct GeneratorConfig {
 
 impl Default for GeneratorConfig {
     fn default() -> Self {
-        Self {
-            default_code_length: 6,
-            default_ttl_secs: 300,
-            max_attempts: 5,
-            app_name: "otp-pipeline".into(),
-        }
+        Self { default_code_length: 6, default_ttl_secs: 300, max_attempts: 5, app_name: "otp-pipeline".into() }
     }
 }
 
 impl GeneratorConfig {
     /// The request defaults as domain limits.
     pub fn limits(&self) -> Result<Limits, ConfigError> {
-        let default_code_length = CodeLength::new(self.default_code_length).ok_or_else(|| {
-            ConfigError::OutOfRange("generator.default_code_length must be 4-10".into())
-        })?;
+        let default_code_length = CodeLength::new(self.default_code_length)
+            .ok_or_else(|| ConfigError::OutOfRange("generator.default_code_length must be 4-10".into()))?;
         if !crate::domain::request::TTL_RANGE_SECS.contains(&self.default_ttl_secs) {
-            return Err(ConfigError::OutOfRange(
-                "generator.default_ttl_secs must be 30-3600".into(),
-            ));
+            return Err(ConfigError::OutOfRange("generator.default_ttl_secs must be 30-3600".into()));
         }
         if self.max_attempts == 0 {
-            return Err(ConfigError::OutOfRange(
-                "generator.max_attempts must be at least 1".into(),
-            ));
+            return Err(ConfigError::OutOfRange("generator.max_attempts must be at least 1".into()));
         }
-        Ok(Limits {
-            default_code_length,
-            default_ttl_secs: self.default_ttl_secs,
-        })
+        Ok(Limits { default_code_length, default_ttl_secs: self.default_ttl_secs })
     }
 }
 
@@ -221,10 +208,7 @@ pub struct BreakerConfig {
 
 impl Default for BreakerConfig {
     fn default() -> Self {
-        Self {
-            failure_threshold: 5,
-            open_ms: 30_000,
-        }
+        Self { failure_threshold: 5, open_ms: 30_000 }
     }
 }
 
@@ -242,11 +226,7 @@ pub struct CarrierLimits {
 
 impl Default for CarrierLimits {
     fn default() -> Self {
-        Self {
-            concurrency: 64,
-            rate_per_sec: 0,
-            burst: 1,
-        }
+        Self { concurrency: 64, rate_per_sec: 0, burst: 1 }
     }
 }
 
@@ -262,10 +242,7 @@ pub struct RoutingConfig {
 
 impl Default for RoutingConfig {
     fn default() -> Self {
-        Self {
-            default: vec![RouteEntry::Name("console".into())],
-            countries: BTreeMap::new(),
-        }
+        Self { default: vec![RouteEntry::Name("console".into())], countries: BTreeMap::new() }
     }
 }
 
@@ -319,11 +296,7 @@ pub struct RetryConfig {
 
 impl Default for RetryConfig {
     fn default() -> Self {
-        Self {
-            min_delay_ms: 100,
-            max_delay_ms: 2_000,
-            max_retries: 2,
-        }
+        Self { min_delay_ms: 100, max_delay_ms: 2_000, max_retries: 2 }
     }
 }
 
@@ -483,22 +456,10 @@ macro_rules! redacted_debug {
 
 redacted_debug!(
     TwilioConfig,
-    [
-        base_url,
-        account_sid,
-        api_key_sid,
-        from,
-        messaging_service_sid,
-        status_callback,
-        timeout_ms
-    ],
+    [base_url, account_sid, api_key_sid, from, messaging_service_sid, status_callback, timeout_ms],
     [auth_token, api_key_secret]
 );
-redacted_debug!(
-    Msg91Config,
-    [base_url, template_id, code_variable, timeout_ms],
-    [authkey, receipt_token]
-);
+redacted_debug!(Msg91Config, [base_url, template_id, code_variable, timeout_ms], [authkey, receipt_token]);
 redacted_debug!(
     VonageConfig,
     [base_url, api_key, from, callback, timeout_ms],
@@ -519,11 +480,7 @@ pub struct WebhookConfig {
 
 impl Default for WebhookConfig {
     fn default() -> Self {
-        Self {
-            url: "http://127.0.0.1:9099/sms".into(),
-            token: None,
-            timeout_ms: 5_000,
-        }
+        Self { url: "http://127.0.0.1:9099/sms".into(), token: None, timeout_ms: 5_000 }
     }
 }
 
@@ -549,10 +506,7 @@ pub struct LogConfig {
 
 impl Default for LogConfig {
     fn default() -> Self {
-        Self {
-            format: "pretty".into(),
-            level: "info".into(),
-        }
+        Self { format: "pretty".into(), level: "info".into() }
     }
 }
 
@@ -566,10 +520,7 @@ impl Config {
             }
             figment = figment.merge(Toml::file(path));
         }
-        let config: Config = figment
-            .merge(Env::prefixed("OTP_").split("__"))
-            .extract()
-            .map_err(Box::new)?;
+        let config: Config = figment.merge(Env::prefixed("OTP_").split("__")).extract().map_err(Box::new)?;
         config.generator.limits()?;
         config.limits.validate().map_err(ConfigError::OutOfRange)?;
         Ok(config)
@@ -607,10 +558,7 @@ mod tests {
     #[allow(clippy::result_large_err)] // figment's Jail API
     fn environment_overrides_the_file() {
         figment::Jail::expect_with(|jail| {
-            jail.create_file(
-                "c.toml",
-                "[broker]\nprefix = \"from-file.\"\n[http]\nlisten = \"127.0.0.1:1\"\n",
-            )?;
+            jail.create_file("c.toml", "[broker]\nprefix = \"from-file.\"\n[http]\nlisten = \"127.0.0.1:1\"\n")?;
             jail.set_env("OTP_BROKER__PREFIX", "from-env.");
             let c = Config::load(Some(Path::new("c.toml"))).map_err(|e| e.to_string())?;
             assert_eq!(c.broker.prefix, "from-env.");
@@ -628,10 +576,7 @@ mod tests {
             jail.create_file("range.toml", "[generator]\ndefault_code_length = 12\n")?;
             let err = Config::load(Some(Path::new("range.toml"))).unwrap_err();
             assert!(err.to_string().contains("default_code_length"), "{err}");
-            assert!(matches!(
-                Config::load(Some(Path::new("nope.toml"))),
-                Err(ConfigError::Missing(_))
-            ));
+            assert!(matches!(Config::load(Some(Path::new("nope.toml"))), Err(ConfigError::Missing(_))));
             Ok(())
         });
     }

@@ -117,10 +117,7 @@ impl std::fmt::Debug for FakeCarrierConfig {
             .field("outages", &self.outages)
             .field("receipts", &self.receipts)
             .field("receipt_delay_ms", &self.receipt_delay_ms)
-            .field(
-                "twilio_auth_token",
-                &self.twilio_auth_token.as_ref().map(|_| "<redacted>"),
-            )
+            .field("twilio_auth_token", &self.twilio_auth_token.as_ref().map(|_| "<redacted>"))
             .field("msg91_dlr_url", &self.msg91_dlr_url)
             .field("msg91_dlr_format", &self.msg91_dlr_format)
             .field("seed", &self.seed)
@@ -132,10 +129,7 @@ impl FakeCarrierConfig {
     /// Checks rates (finite, 0.0–1.0), outage windows (`start_ms < end_ms`)
     /// and carrier names (`twilio`, `msg91`, `vonage`, `webhook`).
     pub fn validate(&self) -> Result<(), String> {
-        for (name, rate) in [
-            ("error_rate", self.error_rate),
-            ("throttle_rate", self.throttle_rate),
-        ] {
+        for (name, rate) in [("error_rate", self.error_rate), ("throttle_rate", self.throttle_rate)] {
             if !(0.0..=1.0).contains(&rate) {
                 return Err(format!("{name} must be between 0.0 and 1.0"));
             }
@@ -147,10 +141,7 @@ impl FakeCarrierConfig {
             if let Some(carrier) = &outage.carrier
                 && !CARRIERS.contains(&carrier.as_str())
             {
-                return Err(format!(
-                    "unknown carrier {carrier:?} in an outage (known: {})",
-                    CARRIERS.join(", ")
-                ));
+                return Err(format!("unknown carrier {carrier:?} in an outage (known: {})", CARRIERS.join(", ")));
             }
         }
         Ok(())
@@ -193,8 +184,7 @@ pub struct Outage {
 impl Outage {
     /// Whether this window takes `carrier` down at `at_ms` (since server start).
     pub fn covers(&self, carrier: &str, at_ms: u64) -> bool {
-        self.carrier.as_deref().is_none_or(|c| c == carrier)
-            && (self.start_ms..self.end_ms).contains(&at_ms)
+        self.carrier.as_deref().is_none_or(|c| c == carrier) && (self.start_ms..self.end_ms).contains(&at_ms)
     }
 }
 
@@ -263,10 +253,7 @@ impl FakeCarrierState {
     pub fn new(config: FakeCarrierConfig) -> std::io::Result<Self> {
         let http = reqwest::Client::builder()
             .timeout(Duration::from_secs(10))
-            .user_agent(concat!(
-                "otp-pipeline-fake-carrier/",
-                env!("CARGO_PKG_VERSION")
-            ))
+            .user_agent(concat!("otp-pipeline-fake-carrier/", env!("CARGO_PKG_VERSION")))
             .build()
             .map_err(std::io::Error::other)?;
         Ok(Self {
@@ -284,11 +271,7 @@ impl FakeCarrierState {
 
     /// The current configuration.
     pub fn config(&self) -> FakeCarrierConfig {
-        self.inner
-            .config
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone()
+        self.inner.config.read().unwrap_or_else(PoisonError::into_inner).clone()
     }
 
     /// Replaces the configuration (rates outside 0.0–1.0 act as the nearest
@@ -297,11 +280,7 @@ impl FakeCarrierState {
         if config.seed.is_some() {
             *lock(&self.inner.rng) = rng_for(&config);
         }
-        *self
-            .inner
-            .config
-            .write()
-            .unwrap_or_else(PoisonError::into_inner) = config;
+        *self.inner.config.write().unwrap_or_else(PoisonError::into_inner) = config;
     }
 
     /// Every send received so far (accepted and refused), in arrival order.
@@ -393,10 +372,7 @@ impl Fault {
 /// The fake carrier's routes on `state` (what [`FakeCarrier::start`] serves).
 pub fn router(state: FakeCarrierState) -> Router {
     Router::new()
-        .route(
-            "/2010-04-01/Accounts/{account_sid}/Messages.json",
-            post(twilio_send),
-        )
+        .route("/2010-04-01/Accounts/{account_sid}/Messages.json", post(twilio_send))
         .route("/api/v5/flow", post(msg91_send))
         .route("/api/v5/flow/", post(msg91_send))
         .route("/sms/json", post(vonage_send))
@@ -420,17 +396,9 @@ impl FakeCarrier {
         let state = FakeCarrierState::new(config)?;
         let listener = tokio::net::TcpListener::bind(listen).await?;
         let addr = listener.local_addr()?;
-        let server = tokio::spawn(crate::http::serve(
-            listener,
-            router(state.clone()),
-            state.inner.stop.clone(),
-        ));
+        let server = tokio::spawn(crate::http::serve(listener, router(state.clone()), state.inner.stop.clone()));
         tracing::info!(%addr, "fake carrier listening");
-        Ok(Self {
-            state,
-            addr,
-            server: Some(server),
-        })
+        Ok(Self { state, addr, server: Some(server) })
     }
 
     /// The bound address.
@@ -504,9 +472,7 @@ fn e164(number: &str) -> String {
 
 /// The first run of 4–10 digits in `text`.
 fn code_in(text: &str) -> Option<String> {
-    text.split(|c: char| !c.is_ascii_digit())
-        .find(|run| (4..=10).contains(&run.len()))
-        .map(str::to_owned)
+    text.split(|c: char| !c.is_ascii_digit()).find(|run| (4..=10).contains(&run.len())).map(str::to_owned)
 }
 
 fn hex_id(len: usize) -> String {
@@ -519,10 +485,7 @@ fn hex_id(len: usize) -> String {
 }
 
 fn retry_after(config: &FakeCarrierConfig) -> [(header::HeaderName, HeaderValue); 1] {
-    [(
-        header::RETRY_AFTER,
-        HeaderValue::from(config.retry_after_secs),
-    )]
+    [(header::RETRY_AFTER, HeaderValue::from(config.retry_after_secs))]
 }
 
 fn now_utc() -> time::OffsetDateTime {
@@ -531,10 +494,7 @@ fn now_utc() -> time::OffsetDateTime {
 
 /// `YYYY-MM-DD HH:MM:SS` (MSG91 report dates, Vonage `message-timestamp`).
 fn plain_datetime(at: time::OffsetDateTime) -> String {
-    at.format(time::macros::format_description!(
-        "[year]-[month]-[day] [hour]:[minute]:[second]"
-    ))
-    .unwrap_or_default()
+    at.format(time::macros::format_description!("[year]-[month]-[day] [hour]:[minute]:[second]")).unwrap_or_default()
 }
 
 /// Posts one receipt; failures are logged (without the URL, which may carry a token).
@@ -568,10 +528,7 @@ fn json_str(value: &Value) -> Option<String> {
 
 /// A form or JSON parameter, if present and not blank.
 fn param<'a>(params: &'a HashMap<String, String>, name: &str) -> Option<&'a str> {
-    params
-        .get(name)
-        .map(String::as_str)
-        .filter(|v| !v.trim().is_empty())
+    params.get(name).map(String::as_str).filter(|v| !v.trim().is_empty())
 }
 
 /// Form pairs into a map (the first value of a repeated name wins).
@@ -602,10 +559,7 @@ fn twilio_error(status: StatusCode, code: u32, message: &str) -> Response {
 
 /// Whether the request carries HTTP basic credentials with a non-empty user.
 fn has_basic_auth(headers: &HeaderMap) -> bool {
-    let Some(value) = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-    else {
+    let Some(value) = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()) else {
         return false;
     };
     let Some((scheme, encoded)) = value.trim().split_once(' ') else {
@@ -631,28 +585,17 @@ async fn twilio_send(
     let config = state.latency().await;
     if !has_basic_auth(&headers) {
         let mut response = twilio_error(StatusCode::UNAUTHORIZED, 20003, "Authenticate");
-        response.headers_mut().insert(
-            header::WWW_AUTHENTICATE,
-            HeaderValue::from_static("Basic realm=\"Twilio API\""),
-        );
+        response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Basic realm=\"Twilio API\""));
         return response;
     }
     let params = form_map(&body);
     let Some(to) = param(&params, "To") else {
-        return twilio_error(
-            StatusCode::BAD_REQUEST,
-            21604,
-            "A 'To' phone number is required.",
-        );
+        return twilio_error(StatusCode::BAD_REQUEST, 21604, "A 'To' phone number is required.");
     };
     let from = param(&params, "From").map(str::to_owned);
     let service = param(&params, "MessagingServiceSid").map(str::to_owned);
     if from.is_none() && service.is_none() {
-        return twilio_error(
-            StatusCode::BAD_REQUEST,
-            21603,
-            "A 'From' phone number is required.",
-        );
+        return twilio_error(StatusCode::BAD_REQUEST, 21603, "A 'From' phone number is required.");
     }
     let Some(text) = param(&params, "Body") else {
         return twilio_error(StatusCode::BAD_REQUEST, 21602, "Message body is required.");
@@ -673,21 +616,12 @@ async fn twilio_send(
     if let Some(fault) = fault {
         state.record(sms, Some(fault));
         return match fault {
-            Fault::Outage => twilio_error(
-                StatusCode::SERVICE_UNAVAILABLE,
-                20503,
-                "Service Unavailable",
-            ),
-            Fault::Error => twilio_error(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                20500,
-                "Internal Server Error",
-            ),
-            Fault::Throttle => (
-                retry_after(&config),
-                twilio_error(StatusCode::TOO_MANY_REQUESTS, 20429, "Too Many Requests"),
-            )
-                .into_response(),
+            Fault::Outage => twilio_error(StatusCode::SERVICE_UNAVAILABLE, 20503, "Service Unavailable"),
+            Fault::Error => twilio_error(StatusCode::INTERNAL_SERVER_ERROR, 20500, "Internal Server Error"),
+            Fault::Throttle => {
+                (retry_after(&config), twilio_error(StatusCode::TOO_MANY_REQUESTS, 20429, "Too Many Requests"))
+                    .into_response()
+            }
         };
     }
     let sid = format!("SM{}", hex_id(32));
@@ -713,9 +647,7 @@ async fn twilio_send(
         twilio_callbacks(&state, &config, callback.to_owned(), base);
     }
 
-    let date = now_utc()
-        .format(&time::format_description::well_known::Rfc2822)
-        .unwrap_or_default();
+    let date = now_utc().format(&time::format_description::well_known::Rfc2822).unwrap_or_default();
     let body = json!({
         "account_sid": account_sid,
         "api_version": TWILIO_API_VERSION,
@@ -761,10 +693,8 @@ fn twilio_callbacks(
             params.push(("SmsStatus".to_owned(), status.to_owned()));
             let mut request = http.post(&callback).form(&params);
             if let Some(token) = &token {
-                request = request.header(
-                    "X-Twilio-Signature",
-                    crate::carriers::twilio::signature(token, &callback, &params),
-                );
+                request =
+                    request.header("X-Twilio-Signature", crate::carriers::twilio::signature(token, &callback, &params));
             }
             deliver(TWILIO, request).await;
         }
@@ -790,36 +720,21 @@ fn msg91_code(recipient: &serde_json::Map<String, Value>) -> Option<String> {
     }
 }
 
-async fn msg91_send(
-    State(state): State<FakeCarrierState>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
+async fn msg91_send(State(state): State<FakeCarrierState>, headers: HeaderMap, body: Bytes) -> Response {
     let config = state.latency().await;
-    let authenticated = headers
-        .get("authkey")
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| !v.trim().is_empty());
+    let authenticated = headers.get("authkey").and_then(|v| v.to_str().ok()).is_some_and(|v| !v.trim().is_empty());
     if !authenticated {
         return msg91_error(StatusCode::UNAUTHORIZED, "Authentication failure");
     }
     let Ok(Value::Object(request)) = serde_json::from_slice::<Value>(&body) else {
         return msg91_error(StatusCode::BAD_REQUEST, "Invalid JSON body");
     };
-    let has_template = ["template_id", "flow_id"].iter().any(|k| {
-        request
-            .get(*k)
-            .and_then(json_str)
-            .is_some_and(|t| !t.is_empty())
-    });
+    let has_template =
+        ["template_id", "flow_id"].iter().any(|k| request.get(*k).and_then(json_str).is_some_and(|t| !t.is_empty()));
     if !has_template {
         return msg91_error(StatusCode::BAD_REQUEST, "template_id is required");
     }
-    let Some(recipients) = request
-        .get("recipients")
-        .and_then(Value::as_array)
-        .filter(|r| !r.is_empty())
-    else {
+    let Some(recipients) = request.get("recipients").and_then(Value::as_array).filter(|r| !r.is_empty()) else {
         return msg91_error(StatusCode::BAD_REQUEST, "recipients are required");
     };
     // (number, code) of every recipient; `mobiles` may list several numbers.
@@ -840,11 +755,7 @@ async fn msg91_send(
         return msg91_error(StatusCode::BAD_REQUEST, "mobiles is required");
     }
     let fault = state.fault(MSG91, &config);
-    let request_id = if fault.is_none() {
-        hex_id(24)
-    } else {
-        String::new()
-    };
+    let request_id = if fault.is_none() { hex_id(24) } else { String::new() };
     let (at_ms, at_us) = (state.now_ms(), state.now_us());
     for (to, code) in &targets {
         let sms = ReceivedSms {
@@ -864,20 +775,15 @@ async fn msg91_send(
         return match fault {
             Fault::Outage => msg91_error(StatusCode::SERVICE_UNAVAILABLE, "Service Unavailable"),
             Fault::Error => msg91_error(StatusCode::INTERNAL_SERVER_ERROR, "Internal Server Error"),
-            Fault::Throttle => (
-                retry_after(&config),
-                msg91_error(StatusCode::TOO_MANY_REQUESTS, "Too Many Requests"),
-            )
-                .into_response(),
+            Fault::Throttle => {
+                (retry_after(&config), msg91_error(StatusCode::TOO_MANY_REQUESTS, "Too Many Requests")).into_response()
+            }
         };
     }
     if config.receipts
         && let Some(url) = config.msg91_dlr_url.clone()
     {
-        let sender = request
-            .get("sender")
-            .and_then(json_str)
-            .unwrap_or_else(|| "FAKEOT".into());
+        let sender = request.get("sender").and_then(json_str).unwrap_or_else(|| "FAKEOT".into());
         let numbers = targets.into_iter().map(|(to, _)| to).collect();
         msg91_dlrs(&state, &config, url, sender, request_id.clone(), numbers);
     }
@@ -968,19 +874,12 @@ fn vonage_params(headers: &HeaderMap, body: &[u8]) -> HashMap<String, String> {
         return form_map(body);
     }
     match serde_json::from_slice::<Value>(body) {
-        Ok(Value::Object(map)) => map
-            .iter()
-            .filter_map(|(k, v)| json_str(v).map(|v| (k.clone(), v)))
-            .collect(),
+        Ok(Value::Object(map)) => map.iter().filter_map(|(k, v)| json_str(v).map(|v| (k.clone(), v))).collect(),
         _ => HashMap::new(),
     }
 }
 
-async fn vonage_send(
-    State(state): State<FakeCarrierState>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
+async fn vonage_send(State(state): State<FakeCarrierState>, headers: HeaderMap, body: Bytes) -> Response {
     let config = state.latency().await;
     let params = vonage_params(&headers, &body);
     let Some(api_key) = param(&params, "api_key").map(str::to_owned) else {
@@ -1017,9 +916,7 @@ async fn vonage_send(
         state.record(sms, Some(fault));
         return match fault {
             Fault::Outage | Fault::Error => vonage_failure("5", "Internal Error"),
-            Fault::Throttle => {
-                vonage_failure("1", "Throughput Rate Exceeded - please wait and retry")
-            }
+            Fault::Throttle => vonage_failure("1", "Throughput Rate Exceeded - please wait and retry"),
         };
     }
     let message_id = hex_id(16).to_uppercase();
@@ -1031,9 +928,7 @@ async fn vonage_send(
     {
         let now = now_utc();
         let scts = now
-            .format(time::macros::format_description!(
-                "[year repr:last_two][month][day][hour][minute]"
-            ))
+            .format(time::macros::format_description!("[year repr:last_two][month][day][hour][minute]"))
             .unwrap_or_default();
         let mut receipt = vec![
             ("msisdn", msisdn.clone()),
@@ -1088,18 +983,11 @@ async fn webhook_send(State(state): State<FakeCarrierState>, body: Bytes) -> Res
         Ok(sms) => sms,
         Err(e) => return json_error(StatusCode::BAD_REQUEST, &format!("invalid JSON: {e}")),
     };
-    let (Some(to), Some(text)) = (
-        sms.to.filter(|t| !t.trim().is_empty()),
-        sms.text.filter(|t| !t.is_empty()),
-    ) else {
+    let (Some(to), Some(text)) = (sms.to.filter(|t| !t.trim().is_empty()), sms.text.filter(|t| !t.is_empty())) else {
         return json_error(StatusCode::BAD_REQUEST, "to and text are required");
     };
     let fault = state.fault(WEBHOOK, &config);
-    let id = if fault.is_none() {
-        uuid::Uuid::new_v4().to_string()
-    } else {
-        String::new()
-    };
+    let id = if fault.is_none() { uuid::Uuid::new_v4().to_string() } else { String::new() };
     let received = ReceivedSms {
         carrier: WEBHOOK.into(),
         to: e164(&to),
@@ -1114,14 +1002,10 @@ async fn webhook_send(State(state): State<FakeCarrierState>, body: Bytes) -> Res
     state.record(received, fault);
     match fault {
         Some(Fault::Outage) => json_error(StatusCode::SERVICE_UNAVAILABLE, "carrier outage"),
-        Some(Fault::Error) => {
-            json_error(StatusCode::SERVICE_UNAVAILABLE, "simulated carrier error")
+        Some(Fault::Error) => json_error(StatusCode::SERVICE_UNAVAILABLE, "simulated carrier error"),
+        Some(Fault::Throttle) => {
+            (retry_after(&config), json_error(StatusCode::TOO_MANY_REQUESTS, "throttled")).into_response()
         }
-        Some(Fault::Throttle) => (
-            retry_after(&config),
-            json_error(StatusCode::TOO_MANY_REQUESTS, "throttled"),
-        )
-            .into_response(),
         None => Json(json!({"id": id})).into_response(),
     }
 }
@@ -1141,11 +1025,7 @@ async fn list_messages(
     State(state): State<FakeCarrierState>,
     Query(query): Query<MessagesQuery>,
 ) -> Json<Vec<ReceivedSms>> {
-    let to = query
-        .to
-        .as_deref()
-        .filter(|t| !t.trim().is_empty())
-        .map(e164);
+    let to = query.to.as_deref().filter(|t| !t.trim().is_empty()).map(e164);
     let carrier = query.carrier.filter(|c| !c.is_empty());
     let messages = state
         .messages()
@@ -1185,8 +1065,7 @@ mod tests {
     #[test]
     fn code_is_the_first_run_of_four_to_ten_digits() {
         assert_eq!(
-            code_in("otp-pipeline: your verification code is 123456. It expires in 5 min.")
-                .as_deref(),
+            code_in("otp-pipeline: your verification code is 123456. It expires in 5 min.").as_deref(),
             Some("123456")
         );
         assert_eq!(code_in("code 12 then 0042").as_deref(), Some("0042"));
@@ -1203,19 +1082,12 @@ mod tests {
 
     #[test]
     fn outages_cover_their_carrier_and_window() {
-        let twilio = Outage {
-            carrier: Some(TWILIO.into()),
-            start_ms: 10,
-            end_ms: 20,
-        };
+        let twilio = Outage { carrier: Some(TWILIO.into()), start_ms: 10, end_ms: 20 };
         assert!(twilio.covers(TWILIO, 10));
         assert!(twilio.covers(TWILIO, 19));
         assert!(!twilio.covers(TWILIO, 20));
         assert!(!twilio.covers(MSG91, 15));
-        let all = Outage {
-            carrier: None,
-            ..twilio
-        };
+        let all = Outage { carrier: None, ..twilio };
         assert!(all.covers(VONAGE, 15));
     }
 
@@ -1225,22 +1097,12 @@ mod tests {
         assert_eq!(config, FakeCarrierConfig::default());
         assert!(config.receipts);
         assert!(config.validate().is_ok());
-        let bad = FakeCarrierConfig {
-            error_rate: 1.5,
-            ..Default::default()
-        };
+        let bad = FakeCarrierConfig { error_rate: 1.5, ..Default::default() };
         assert!(bad.validate().is_err());
-        let nan = FakeCarrierConfig {
-            throttle_rate: f64::NAN,
-            ..Default::default()
-        };
+        let nan = FakeCarrierConfig { throttle_rate: f64::NAN, ..Default::default() };
         assert!(nan.validate().is_err());
         let unknown = FakeCarrierConfig {
-            outages: vec![Outage {
-                carrier: Some("sinch".into()),
-                start_ms: 0,
-                end_ms: 1,
-            }],
+            outages: vec![Outage { carrier: Some("sinch".into()), start_ms: 0, end_ms: 1 }],
             ..Default::default()
         };
         assert!(unknown.validate().is_err());
@@ -1252,15 +1114,9 @@ mod tests {
     #[test]
     fn msg91_code_prefers_otp_then_the_only_variable() {
         let both = json!({"mobiles": "91", "otp": "1234", "name": "x"});
-        assert_eq!(
-            msg91_code(both.as_object().unwrap()).as_deref(),
-            Some("1234")
-        );
+        assert_eq!(msg91_code(both.as_object().unwrap()).as_deref(), Some("1234"));
         let only = json!({"mobiles": "91", "code": 5678});
-        assert_eq!(
-            msg91_code(only.as_object().unwrap()).as_deref(),
-            Some("5678")
-        );
+        assert_eq!(msg91_code(only.as_object().unwrap()).as_deref(), Some("5678"));
         let two = json!({"mobiles": "91", "a": "1", "b": "2"});
         assert_eq!(msg91_code(two.as_object().unwrap()), None);
     }
@@ -1270,25 +1126,16 @@ mod tests {
         let mut headers = HeaderMap::new();
         assert!(!has_basic_auth(&headers));
         let encoded = base64::engine::general_purpose::STANDARD.encode("AC123:secret");
-        headers.insert(
-            header::AUTHORIZATION,
-            HeaderValue::from_str(&format!("Basic {encoded}")).unwrap(),
-        );
+        headers.insert(header::AUTHORIZATION, HeaderValue::from_str(&format!("Basic {encoded}")).unwrap());
         assert!(has_basic_auth(&headers));
         let empty = base64::engine::general_purpose::STANDARD.encode(":secret");
-        headers.insert(
-            header::AUTHORIZATION,
-            HeaderValue::from_str(&format!("Basic {empty}")).unwrap(),
-        );
+        headers.insert(header::AUTHORIZATION, HeaderValue::from_str(&format!("Basic {empty}")).unwrap());
         assert!(!has_basic_auth(&headers));
     }
 
     #[test]
     fn seeded_draws_repeat() {
-        let config = FakeCarrierConfig {
-            seed: Some(7),
-            ..Default::default()
-        };
+        let config = FakeCarrierConfig { seed: Some(7), ..Default::default() };
         let draws = |mut rng: StdRng| (0..32).map(|_| rng.random_bool(0.5)).collect::<Vec<_>>();
         assert_eq!(draws(rng_for(&config)), draws(rng_for(&config)));
     }

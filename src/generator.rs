@@ -6,9 +6,8 @@
 use crate::broker::{BoxFuture, Broker, BrokerError, Disposition, Handler, Inbound, Topology};
 use crate::domain::limits::{Policies, Quarantine};
 use crate::domain::{
-    Clock, Code, CodeRecord, DecodeError, Delivery, Event, EventKind, KeyRing, Limits, Phone,
-    RawRequest, ReceiptMessage, RejectReason, Rejection, Reply, ReplyStatus, Templates,
-    ValidRequest, VerifyOutcome,
+    Clock, Code, CodeRecord, DecodeError, Delivery, Event, EventKind, KeyRing, Limits, Phone, RawRequest,
+    ReceiptMessage, RejectReason, Rejection, Reply, ReplyStatus, Templates, ValidRequest, VerifyOutcome,
 };
 use crate::store::{CancelOutcome, IssueOutcome, RequestRecord, Store, StoreError, SweepReport};
 use crate::telemetry::names;
@@ -17,6 +16,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 use time::OffsetDateTime;
+
+/// Largest request body taken off the queue; larger ones are dead-lettered
+/// unread (a valid request is a few hundred bytes).
+pub const MAX_REQUEST_BYTES: usize = 16 * 1024;
 
 /// Pause before a message whose processing hit an infrastructure failure is requeued.
 const RETRY_PAUSE: Duration = Duration::from_secs(1);
@@ -62,21 +65,8 @@ pub struct Generator {
 
 impl Generator {
     /// A generator over an open store.
-    pub fn new(
-        store: Store,
-        keys: KeyRing,
-        policy: Policy,
-        broker: Arc<Broker>,
-        clock: Arc<dyn Clock>,
-    ) -> Self {
-        Self {
-            store,
-            keys,
-            policy,
-            broker,
-            clock,
-            store_ok: AtomicBool::new(true),
-        }
+    pub fn new(store: Store, keys: KeyRing, policy: Policy, broker: Arc<Broker>, clock: Arc<dyn Clock>) -> Self {
+        Self { store, keys, policy, broker, clock, store_ok: AtomicBool::new(true) }
     }
 
     /// The broker this generator publishes to.
@@ -102,14 +92,10 @@ impl Generator {
             return Err(GeneratorError::Refused(Box::new(rejection), None));
         }
         let now = self.clock.now();
-        match self.track(
-            self.store
-                .precheck(request.phone.e164(), now, &self.policy.guards),
-        )? {
+        match self.track(self.store.precheck(request.phone.e164(), now, &self.policy.guards))? {
             Ok(()) => Ok(()),
             Err(outcome) => {
-                let (rejection, retry_at) =
-                    limit_rejection(&outcome, now).expect("a limit outcome");
+                let (rejection, retry_at) = limit_rejection(&outcome, now).expect("a limit outcome");
                 Err(GeneratorError::Refused(Box::new(rejection), Some(retry_at)))
             }
         }
@@ -124,12 +110,7 @@ impl Generator {
     ) {
         metrics::counter!(names::REQUESTS, "outcome" => rejection.reason.as_str()).increment(1);
         let now = self.clock.now();
-        let mut event = Event::new(
-            EventKind::Rejected,
-            Some(request.request_id.clone()),
-            request.phone.e164(),
-            now,
-        );
+        let mut event = Event::new(EventKind::Rejected, Some(request.request_id.clone()), request.phone.e164(), now);
         event.reason = Some(rejection.reason);
         event.error = Some(rejection.detail.clone());
         event.retry_after_secs = retry_at.map(|at| seconds_until(at, now));
@@ -145,10 +126,7 @@ impl Generator {
         } else {
             format!("calling code +{} is not allowed", blocked.prefix)
         };
-        Some(Rejection {
-            reason: RejectReason::CountryBlocked,
-            detail,
-        })
+        Some(Rejection { reason: RejectReason::CountryBlocked, detail })
     }
 
     /// Checks a request the way the queue consumer will (for `POST /v1/otp`).
@@ -163,20 +141,19 @@ impl Generator {
 
     /// Handles one message from the requests queue.
     pub async fn process_request(&self, message: Inbound) -> Disposition {
+        if message.body.len() > MAX_REQUEST_BYTES {
+            metrics::counter!(names::REQUESTS, "outcome" => "oversized").increment(1);
+            let error = format!("request body of {} bytes exceeds {MAX_REQUEST_BYTES}", message.body.len());
+            return Disposition::DeadLetter { reason: "oversized", error };
+        }
         let raw = match RawRequest::decode(&message.body) {
             Ok(raw) => raw,
             Err(DecodeError::Malformed(error)) => {
                 metrics::counter!(names::REQUESTS, "outcome" => "malformed").increment(1);
-                return Disposition::DeadLetter {
-                    reason: "malformed_json",
-                    error,
-                };
+                return Disposition::DeadLetter { reason: "malformed_json", error };
             }
             Err(DecodeError::Invalid { request_id, detail }) => {
-                let rejection = Rejection {
-                    reason: RejectReason::InvalidRequest,
-                    detail,
-                };
+                let rejection = Rejection { reason: RejectReason::InvalidRequest, detail };
                 return self.reject(request_id, "", rejection, &message).await;
             }
         };
@@ -184,8 +161,7 @@ impl Generator {
         match self.validate(raw) {
             Ok(request) => self.issue(request, &message).await,
             Err(rejection) => {
-                let id =
-                    Some(request_id).filter(|id| (1..=128).contains(&id.len()) && id.is_ascii());
+                let id = Some(request_id).filter(|id| (1..=128).contains(&id.len()) && id.is_ascii());
                 self.reject(id, &phone, rejection, &message).await
             }
         }
@@ -198,8 +174,7 @@ impl Generator {
         rejection: Rejection,
         message: &Inbound,
     ) -> Disposition {
-        self.refuse(request_id, phone, rejection, None, message)
-            .await
+        self.refuse(request_id, phone, rejection, None, message).await
     }
 
     /// Refuses a request: counted, announced (`event.rejected`), answered.
@@ -215,12 +190,7 @@ impl Generator {
         let retry_after_secs = retry_at.map(|at| seconds_until(at, self.clock.now()));
         metrics::counter!(names::REQUESTS, "outcome" => rejection.reason.as_str()).increment(1);
         tracing::info!(request_id = request_id.as_deref().unwrap_or("-"), reason = rejection.reason.as_str(), detail = %rejection.detail, "request rejected");
-        let mut event = Event::new(
-            EventKind::Rejected,
-            request_id.clone(),
-            phone,
-            self.clock.now(),
-        );
+        let mut event = Event::new(EventKind::Rejected, request_id.clone(), phone, self.clock.now());
         event.reason = Some(rejection.reason);
         event.error = Some(rejection.detail.clone());
         event.retry_after_secs = retry_after_secs;
@@ -245,63 +215,34 @@ impl Generator {
         let code = Code::generate(request.code_length, &mut rand::rng());
         let record = CodeRecord {
             request_id: request.request_id.clone(),
-            digest: self
-                .keys
-                .current()
-                .digest(&request.phone, &request.request_id, &code),
+            digest: self.keys.current().digest(&request.phone, &request.request_id, &code),
             key_id: self.keys.current().id().to_owned(),
             expires_at: now + request.ttl,
             attempts_left: self.policy.max_attempts,
         };
         if let Some(rejection) = self.geo_check(&request) {
-            return self
-                .reject(
-                    Some(request.request_id),
-                    request.phone.e164(),
-                    rejection,
-                    message,
-                )
-                .await;
+            return self.reject(Some(request.request_id), request.phone.e164(), rejection, message).await;
         }
-        let outcome =
-            match self.track(
-                self.store
-                    .issue(&request, &record, now, &self.policy.guards),
-            ) {
-                Ok(o) => o,
-                Err(e) => return self.store_failed(&e),
-            };
+        let outcome = match self.track(self.store.issue(&request, &record, now, &self.policy.guards)) {
+            Ok(o) => o,
+            Err(e) => return self.store_failed(&e),
+        };
         match outcome {
             IssueOutcome::Issued => {}
             IssueOutcome::Conflict => {
                 let rejection = Rejection {
                     reason: RejectReason::InvalidRequest,
-                    detail: "request_id was already used with another phone or other parameters"
-                        .into(),
+                    detail: "request_id was already used with another phone or other parameters".into(),
                 };
-                return self
-                    .reject(
-                        Some(request.request_id),
-                        request.phone.e164(),
-                        rejection,
-                        message,
-                    )
-                    .await;
+                return self.reject(Some(request.request_id), request.phone.e164(), rejection, message).await;
             }
             IssueOutcome::Duplicate(existing) => {
                 return self.duplicate(&request, &existing, message).await;
             }
             refused @ (IssueOutcome::RateLimited(_) | IssueOutcome::Quarantined { .. }) => {
-                let (rejection, retry_at) =
-                    limit_rejection(&refused, now).expect("a limit outcome");
+                let (rejection, retry_at) = limit_rejection(&refused, now).expect("a limit outcome");
                 return self
-                    .refuse(
-                        Some(request.request_id),
-                        request.phone.e164(),
-                        rejection,
-                        Some(retry_at),
-                        message,
-                    )
+                    .refuse(Some(request.request_id), request.phone.e164(), rejection, Some(retry_at), message)
                     .await;
             }
         }
@@ -312,13 +253,7 @@ impl Generator {
         let text = self
             .policy
             .templates
-            .render(
-                &request.template,
-                &request.locale,
-                &code,
-                request.ttl,
-                &self.policy.app_name,
-            )
+            .render(&request.template, &request.locale, &code, request.ttl, &self.policy.app_name)
             .expect("validated requests name existing templates");
         let delivery = Delivery {
             delivery_id: uuid::Uuid::new_v4().to_string(),
@@ -330,11 +265,7 @@ impl Generator {
             requested_at: now,
         };
         drop(code);
-        if let Err(e) = self
-            .broker
-            .publish_to_exchange(Topology::DELIVERY_KEY, &delivery, true)
-            .await
-        {
+        if let Err(e) = self.broker.publish_to_exchange(Topology::DELIVERY_KEY, &delivery, true).await {
             tracing::warn!(request_id = %request.request_id, error = %e, "could not queue the delivery; will retry");
             return Disposition::Retry { after: RETRY_PAUSE };
         }
@@ -347,33 +278,15 @@ impl Generator {
         metrics::counter!(names::CODES_ISSUED).increment(1);
         metrics::counter!(names::REQUESTS, "outcome" => "accepted").increment(1);
         tracing::info!(request_id = %request.request_id, phone = %request.phone, expires_at = %record.expires_at, "code issued");
-        self.accepted(
-            &request.request_id,
-            request.phone.e164(),
-            record.expires_at,
-            message,
-        )
-        .await
+        self.accepted(&request.request_id, request.phone.e164(), record.expires_at, message).await
     }
 
-    async fn duplicate(
-        &self,
-        request: &ValidRequest,
-        existing: &RequestRecord,
-        message: &Inbound,
-    ) -> Disposition {
+    async fn duplicate(&self, request: &ValidRequest, existing: &RequestRecord, message: &Inbound) -> Disposition {
         metrics::counter!(names::REQUESTS, "outcome" => "duplicate").increment(1);
         tracing::info!(request_id = %request.request_id, redelivered = message.redelivered, "duplicate request: no new code");
         if message.redelivered {
             // We may have died before announcing it: announce again (events are at-least-once).
-            return self
-                .accepted(
-                    &existing.request_id,
-                    &existing.phone,
-                    existing.expires_at,
-                    message,
-                )
-                .await;
+            return self.accepted(&existing.request_id, &existing.phone, existing.expires_at, message).await;
         }
         let reply = Reply::accepted(&existing.request_id, existing.expires_at);
         self.reply(message, &reply).await;
@@ -387,12 +300,7 @@ impl Generator {
         expires_at: OffsetDateTime,
         message: &Inbound,
     ) -> Disposition {
-        let mut event = Event::new(
-            EventKind::Accepted,
-            Some(request_id.to_owned()),
-            phone,
-            self.clock.now(),
-        );
+        let mut event = Event::new(EventKind::Accepted, Some(request_id.to_owned()), phone, self.clock.now());
         event.expires_at = Some(expires_at);
         if let Err(e) = self.publish_event(&event).await {
             tracing::warn!(request_id, error = %e, "could not publish event.accepted; will retry");
@@ -409,9 +317,7 @@ impl Generator {
     }
 
     async fn publish_event(&self, event: &Event) -> Result<(), BrokerError> {
-        self.broker
-            .publish_to_exchange(&event.status.routing_key(), event, false)
-            .await
+        self.broker.publish_to_exchange(&event.status.routing_key(), event, false).await
     }
 
     async fn reply(&self, message: &Inbound, reply: &Reply) {
@@ -424,11 +330,7 @@ impl Generator {
         }
         let body = serde_json::to_vec(reply).expect("replies serialize");
         // A reply is a courtesy to a waiting producer; the event is the record.
-        if let Err(e) = self
-            .broker
-            .publish("", reply_to, &body, properties, false)
-            .await
-        {
+        if let Err(e) = self.broker.publish("", reply_to, &body, properties, false).await {
             tracing::warn!(error = %e, "could not send the reply");
         }
     }
@@ -442,10 +344,7 @@ impl Generator {
         let event: Event = match serde_json::from_slice(&message.body) {
             Ok(e) => e,
             Err(e) => {
-                return Disposition::DeadLetter {
-                    reason: "malformed_event",
-                    error: e.to_string(),
-                };
+                return Disposition::DeadLetter { reason: "malformed_event", error: e.to_string() };
             }
         };
         let Some(request_id) = event.request_id.as_deref() else {
@@ -471,16 +370,11 @@ impl Generator {
         let receipt: ReceiptMessage = match serde_json::from_slice(&message.body) {
             Ok(r) => r,
             Err(e) => {
-                return Disposition::DeadLetter {
-                    reason: "malformed_receipt",
-                    error: e.to_string(),
-                };
+                return Disposition::DeadLetter { reason: "malformed_receipt", error: e.to_string() };
             }
         };
-        let request_id = match self.track(
-            self.store
-                .request_for_message(&receipt.carrier, &receipt.carrier_message_id),
-        ) {
+        let request_id = match self.track(self.store.request_for_message(&receipt.carrier, &receipt.carrier_message_id))
+        {
             Ok(Some(id)) => id,
             Ok(None) if !message.redelivered => {
                 // The receipt may overtake the `event.sent` that records the id: try once more.
@@ -492,11 +386,7 @@ impl Generator {
             }
             Err(e) => return self.store_failed(&e),
         };
-        let kind = if receipt.delivered {
-            EventKind::Delivered
-        } else {
-            EventKind::Undelivered
-        };
+        let kind = if receipt.delivered { EventKind::Delivered } else { EventKind::Undelivered };
         let applied = self.store.apply_event(
             &request_id,
             kind,
@@ -527,17 +417,9 @@ impl Generator {
 
     /// Verifies `code` for `phone`: approved at most once, attempts counted,
     /// expiry enforced. Publishes `event.verified` / `event.expired`.
-    pub async fn verify(
-        &self,
-        phone: &Phone,
-        code: &Code,
-    ) -> Result<VerifyOutcome, GeneratorError> {
+    pub async fn verify(&self, phone: &Phone, code: &Code) -> Result<VerifyOutcome, GeneratorError> {
         let now = self.clock.now();
-        let (outcome, changed) =
-            self.track(
-                self.store
-                    .verify(phone, code, &self.keys, now, &self.policy.guards),
-            )?;
+        let (outcome, changed) = self.track(self.store.verify(phone, code, &self.keys, now, &self.policy.guards))?;
         if changed {
             // "Approved" must not come back after a crash: used means used.
             self.track(self.store.flush().await)?;
@@ -547,11 +429,9 @@ impl Generator {
         let event = match &outcome {
             VerifyOutcome::Approved { request_id } => Some((EventKind::Verified, request_id, None)),
             VerifyOutcome::Expired { request_id } => Some((EventKind::Expired, request_id, None)),
-            VerifyOutcome::MaxAttemptsReached { request_id } if changed => Some((
-                EventKind::Expired,
-                request_id,
-                Some("max_attempts_reached".to_owned()),
-            )),
+            VerifyOutcome::MaxAttemptsReached { request_id } if changed => {
+                Some((EventKind::Expired, request_id, Some("max_attempts_reached".to_owned())))
+            }
             _ => None,
         };
         if let Some((kind, request_id, error)) = event {
@@ -560,10 +440,7 @@ impl Generator {
             let broker = self.broker.clone();
             // Off the request path: the answer does not wait for the event.
             tokio::spawn(async move {
-                if let Err(e) = broker
-                    .publish_to_exchange(&event.status.routing_key(), &event, false)
-                    .await
-                {
+                if let Err(e) = broker.publish_to_exchange(&event.status.routing_key(), &event, false).await {
                     tracing::warn!(error = %e, "could not publish a verification event");
                 }
             });
@@ -578,12 +455,7 @@ impl Generator {
         if let CancelOutcome::Canceled(record) = &outcome {
             self.track(self.store.flush().await)?;
             tracing::info!(request_id, phone = %crate::domain::phone::mask(&record.phone), "code canceled");
-            let event = Event::new(
-                EventKind::Canceled,
-                Some(request_id.to_owned()),
-                &record.phone,
-                now,
-            );
+            let event = Event::new(EventKind::Canceled, Some(request_id.to_owned()), &record.phone, now);
             if let Err(e) = self.publish_event(&event).await {
                 // The cancel itself is durable; only the announcement is lost.
                 tracing::warn!(request_id, error = %e, "could not publish event.canceled");
@@ -608,11 +480,7 @@ impl Generator {
             }
         }
         if report != SweepReport::default() {
-            tracing::info!(
-                expired = report.expired.len(),
-                requests = report.requests,
-                "sweeper removed stale records"
-            );
+            tracing::info!(expired = report.expired.len(), requests = report.requests, "sweeper removed stale records");
         }
         Ok(report)
     }
@@ -641,53 +509,30 @@ impl Generator {
 
     /// Publishes a validated request to the requests queue (for `POST /v1/otp`).
     pub async fn submit(&self, raw: &RawRequest) -> Result<(), BrokerError> {
-        let properties: BasicProperties = crate::broker::json_properties()
-            .with_timestamp(self.clock.now().unix_timestamp() as u64);
+        let properties: BasicProperties =
+            crate::broker::json_properties().with_timestamp(self.clock.now().unix_timestamp() as u64);
         let body = serde_json::to_vec(raw).expect("requests serialize");
         let exchange = self.broker.topology().exchange.clone();
-        self.broker
-            .publish(&exchange, Topology::REQUEST_KEY, &body, properties, true)
-            .await
+        self.broker.publish(&exchange, Topology::REQUEST_KEY, &body, properties, true).await
     }
 }
 
 /// The rejection (and when to retry) for a limit outcome of `issue`; counts
 /// a quarantine that this request started.
-fn limit_rejection(
-    outcome: &IssueOutcome,
-    now: OffsetDateTime,
-) -> Option<(Rejection, OffsetDateTime)> {
+fn limit_rejection(outcome: &IssueOutcome, now: OffsetDateTime) -> Option<(Rejection, OffsetDateTime)> {
     match outcome {
         IssueOutcome::RateLimited(limited) => {
             let wait = seconds_until(limited.retry_at, now);
-            let detail = format!(
-                "{}: too many codes for this number; retry in {wait} s",
-                limited.rule
-            );
-            Some((
-                Rejection {
-                    reason: RejectReason::RateLimited,
-                    detail,
-                },
-                limited.retry_at,
-            ))
+            let detail = format!("{}: too many codes for this number; retry in {wait} s", limited.rule);
+            Some((Rejection { reason: RejectReason::RateLimited, detail }, limited.retry_at))
         }
         IssueOutcome::Quarantined { quarantine: q, new } => {
             if *new {
                 metrics::counter!(names::QUARANTINES, "rule" => q.rule.clone()).increment(1);
                 tracing::warn!(prefix = %q.prefix, rule = %q.rule, detail = %q.detail, until = %q.until, "number prefix quarantined: suspected SMS pumping");
             }
-            let detail = format!(
-                "prefix +{} quarantined ({}: {})",
-                q.prefix, q.rule, q.detail
-            );
-            Some((
-                Rejection {
-                    reason: RejectReason::SuspectedPumping,
-                    detail,
-                },
-                q.until,
-            ))
+            let detail = format!("prefix +{} quarantined ({}: {})", q.prefix, q.rule, q.detail);
+            Some((Rejection { reason: RejectReason::SuspectedPumping, detail }, q.until))
         }
         _ => None,
     }
@@ -696,11 +541,7 @@ fn limit_rejection(
 /// Whole seconds from `now` until `at`, rounded up, at least 1.
 pub fn seconds_until(at: OffsetDateTime, now: OffsetDateTime) -> u64 {
     let secs = (at - now).as_seconds_f64().ceil();
-    if secs.is_finite() && secs >= 1.0 {
-        secs as u64
-    } else {
-        1
-    }
+    if secs.is_finite() && secs >= 1.0 { secs as u64 } else { 1 }
 }
 
 /// The requests queue's handler.

@@ -26,10 +26,7 @@ pub enum SecretError {
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> SecretError + '_ {
-    move |source| SecretError::Io {
-        path: path.to_owned(),
-        source,
-    }
+    move |source| SecretError::Io { path: path.to_owned(), source }
 }
 
 /// Creates the data directory (mode 0700) if needed.
@@ -43,15 +40,8 @@ pub fn ensure_data_dir(dir: &Path) -> Result<(), SecretError> {
 
 /// Writes `contents` to a new file readable by its owner only.
 fn create_private(path: &Path, contents: &str) -> Result<(), SecretError> {
-    let mut file = OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)
-        .map_err(io(path))?;
-    file.write_all(contents.as_bytes())
-        .and_then(|()| file.sync_all())
-        .map_err(io(path))
+    let mut file = OpenOptions::new().write(true).create_new(true).mode(0o600).open(path).map_err(io(path))?;
+    file.write_all(contents.as_bytes()).and_then(|()| file.sync_all()).map_err(io(path))
 }
 
 fn random_hex(bytes: usize) -> String {
@@ -79,37 +69,24 @@ pub fn hmac_key(configured: Option<&str>, data_dir: &Path) -> Result<DigestKey, 
                 tracing::info!(path = %path.display(), "created a new HMAC key");
             }
             warn_if_shared(&path);
-            (
-                fs::read_to_string(&path)
-                    .map_err(io(&path))?
-                    .trim()
-                    .to_owned(),
-                path.display().to_string(),
-            )
+            (fs::read_to_string(&path).map_err(io(&path))?.trim().to_owned(), path.display().to_string())
         }
     };
-    let bytes = hex::decode(&hex_key)
-        .map_err(|e| SecretError::Invalid(format!("{source}: not hex: {e}")))?;
+    let bytes = hex::decode(&hex_key).map_err(|e| SecretError::Invalid(format!("{source}: not hex: {e}")))?;
     DigestKey::new(bytes).map_err(|e| SecretError::Invalid(format!("{source}: {e}")))
 }
 
 /// The key ring: the current key (see [`hmac_key`]) and the retired keys in
 /// `previous` (hex), which keep verifying codes issued before a rotation.
-pub fn key_ring(
-    configured: Option<&str>,
-    previous: &[String],
-    data_dir: &Path,
-) -> Result<KeyRing, SecretError> {
+pub fn key_ring(configured: Option<&str>, previous: &[String], data_dir: &Path) -> Result<KeyRing, SecretError> {
     let current = hmac_key(configured, data_dir)?;
     let previous = previous
         .iter()
         .enumerate()
         .map(|(i, hex_key)| {
-            let bytes = hex::decode(hex_key.trim()).map_err(|e| {
-                SecretError::Invalid(format!("store.previous_hmac_keys[{i}]: not hex: {e}"))
-            })?;
-            DigestKey::new(bytes)
-                .map_err(|e| SecretError::Invalid(format!("store.previous_hmac_keys[{i}]: {e}")))
+            let bytes = hex::decode(hex_key.trim())
+                .map_err(|e| SecretError::Invalid(format!("store.previous_hmac_keys[{i}]: not hex: {e}")))?;
+            DigestKey::new(bytes).map_err(|e| SecretError::Invalid(format!("store.previous_hmac_keys[{i}]: {e}")))
         })
         .collect::<Result<Vec<_>, _>>()?;
     Ok(KeyRing::new(current, previous))
@@ -121,19 +98,13 @@ pub const MIN_API_KEY_LEN: usize = 16;
 /// API keys: `configured` if not empty, else the lines of `<data_dir>/api_keys`.
 /// If that file does not exist it is created with one random key, which is
 /// returned as the second value so the caller can show it once.
-pub fn api_keys(
-    configured: &[String],
-    data_dir: &Path,
-) -> Result<(Vec<String>, Option<String>), SecretError> {
+pub fn api_keys(configured: &[String], data_dir: &Path) -> Result<(Vec<String>, Option<String>), SecretError> {
     let mut created = None;
     let keys: Vec<String> = if configured.is_empty() {
         let path = data_dir.join("api_keys");
         if !path.exists() {
             let key = format!("otpk_{}", random_hex(24));
-            create_private(
-                &path,
-                &format!("# otp-pipeline API keys, one per line\n{key}\n"),
-            )?;
+            create_private(&path, &format!("# otp-pipeline API keys, one per line\n{key}\n"))?;
             created = Some(key);
         }
         warn_if_shared(&path);
@@ -148,9 +119,7 @@ pub fn api_keys(
         configured.iter().map(|k| k.trim().to_owned()).collect()
     };
     if keys.is_empty() {
-        return Err(SecretError::Invalid(
-            "no API key configured: the HTTP API would be closed to everyone".into(),
-        ));
+        return Err(SecretError::Invalid("no API key configured: the HTTP API would be closed to everyone".into()));
     }
     if let Some(short) = keys.iter().find(|k| k.len() < MIN_API_KEY_LEN) {
         return Err(SecretError::Invalid(format!(
@@ -171,10 +140,7 @@ mod tests {
         let a = hmac_key(None, dir.path()).unwrap();
         let b = hmac_key(None, dir.path()).unwrap();
         assert_eq!(a.id(), b.id());
-        let mode = fs::metadata(dir.path().join("hmac.key"))
-            .unwrap()
-            .permissions()
-            .mode();
+        let mode = fs::metadata(dir.path().join("hmac.key")).unwrap().permissions().mode();
         assert_eq!(mode & 0o777, 0o600);
     }
 

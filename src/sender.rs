@@ -52,10 +52,7 @@ impl Slot {
         metrics::gauge!(names::CIRCUIT_OPEN, "carrier" => carrier.name()).set(0.0);
         Self {
             carrier,
-            breaker: Mutex::new(Breaker::new(
-                breaker.failure_threshold,
-                Duration::from_millis(breaker.open_ms),
-            )),
+            breaker: Mutex::new(Breaker::new(breaker.failure_threshold, Duration::from_millis(breaker.open_ms))),
             in_flight: Semaphore::new(limits.concurrency.max(1) as usize),
             rate,
         }
@@ -66,10 +63,7 @@ impl Slot {
     }
 
     fn allow(&self) -> bool {
-        self.breaker
-            .lock()
-            .expect("breaker lock")
-            .allow(Instant::now())
+        self.breaker.lock().expect("breaker lock").allow(Instant::now())
     }
 
     fn is_open(&self) -> bool {
@@ -88,33 +82,23 @@ impl Slot {
             }
             breaker.is_open()
         };
-        metrics::gauge!(names::CIRCUIT_OPEN, "carrier" => self.name()).set(if open {
-            1.0
-        } else {
-            0.0
-        });
+        metrics::gauge!(names::CIRCUIT_OPEN, "carrier" => self.name()).set(if open { 1.0 } else { 0.0 });
     }
 
     /// One call to the carrier, within its concurrency cap and send rate.
     async fn attempt(&self, sms: &Sms) -> Result<Accepted, CarrierError> {
-        let _permit = self
-            .in_flight
-            .acquire()
-            .await
-            .expect("the semaphore is never closed");
+        let _permit = self.in_flight.acquire().await.expect("the semaphore is never closed");
         if let Some(rate) = &self.rate {
             rate.until_ready().await;
         }
         let started = Instant::now();
         let result = self.carrier.send(sms).await;
-        metrics::histogram!(names::CARRIER_DURATION, "carrier" => self.name())
-            .record(started.elapsed().as_secs_f64());
+        metrics::histogram!(names::CARRIER_DURATION, "carrier" => self.name()).record(started.elapsed().as_secs_f64());
         let outcome = match &result {
             Ok(_) => "accepted",
             Err(e) => e.label(),
         };
-        metrics::counter!(names::CARRIER_ATTEMPTS, "carrier" => self.name(), "outcome" => outcome)
-            .increment(1);
+        metrics::counter!(names::CARRIER_ATTEMPTS, "carrier" => self.name(), "outcome" => outcome).increment(1);
         self.record(&result);
         result
     }
@@ -131,42 +115,21 @@ pub struct Sender {
 
 impl Sender {
     /// Builds every carrier the routes name, with its limits and breaker.
-    pub fn from_config(
-        config: &Config,
-        broker: Arc<Broker>,
-        clock: Arc<dyn Clock>,
-    ) -> Result<Self, SenderError> {
+    pub fn from_config(config: &Config, broker: Arc<Broker>, clock: Arc<dyn Clock>) -> Result<Self, SenderError> {
         let route = |entries: &[crate::config::RouteEntry]| {
-            entries
-                .iter()
-                .map(|e| (e.carrier().to_owned(), e.weight()))
-                .collect()
+            entries.iter().map(|e| (e.carrier().to_owned(), e.weight())).collect()
         };
         let routes = Routes::new(
             route(&config.routing.default),
-            config
-                .routing
-                .countries
-                .iter()
-                .map(|(code, entries)| (code.clone(), route(entries)))
-                .collect(),
+            config.routing.countries.iter().map(|(code, entries)| (code.clone(), route(entries))).collect(),
         )?;
         let mut slots = BTreeMap::new();
         for name in routes.carriers() {
             let carrier = carriers::build(name, config)?;
             let limits = config.sender.limits.get(name).copied().unwrap_or_default();
-            slots.insert(
-                name.to_owned(),
-                Slot::new(carrier, limits, config.sender.breaker),
-            );
+            slots.insert(name.to_owned(), Slot::new(carrier, limits, config.sender.breaker));
         }
-        Ok(Self {
-            slots,
-            routes,
-            broker,
-            clock,
-            retry: config.sender.retry.clone(),
-        })
+        Ok(Self { slots, routes, broker, clock, retry: config.sender.retry.clone() })
     }
 
     /// The carriers this sender uses, by name.
@@ -203,10 +166,7 @@ impl Sender {
                 tracing::info!(request_id = %delivery.request_id, carrier = name, "circuit open; skipping the carrier");
                 last.get_or_insert((
                     name,
-                    CarrierError::Retryable {
-                        reason: "circuit open".into(),
-                        retry_after: None,
-                    },
+                    CarrierError::Retryable { reason: "circuit open".into(), retry_after: None },
                 ));
                 continue;
             }
@@ -214,10 +174,7 @@ impl Sender {
                 metrics::counter!(names::FAILOVERS).increment(1);
                 tracing::info!(request_id = %delivery.request_id, carrier = name, "failing over");
             }
-            match self
-                .send_with_retries(slot, &sms, delivery.expires_at)
-                .await
-            {
+            match self.send_with_retries(slot, &sms, delivery.expires_at).await {
                 Ok(accepted) => return self.sent(&delivery, slot.name(), accepted).await,
                 Err(e) => last = Some((name, e)),
             }
@@ -242,9 +199,7 @@ impl Sender {
         let attempt = || async {
             // Checked before every attempt: a retry never sends an expired code.
             if clock.now() >= expires_at {
-                return Err(CarrierError::Permanent {
-                    reason: "expired".into(),
-                });
+                return Err(CarrierError::Permanent { reason: "expired".into() });
             }
             slot.attempt(sms).await
         };
@@ -267,24 +222,13 @@ impl Sender {
             .await
     }
 
-    async fn sent(
-        &self,
-        delivery: &Delivery,
-        carrier: &'static str,
-        accepted: Accepted,
-    ) -> Disposition {
+    async fn sent(&self, delivery: &Delivery, carrier: &'static str, accepted: Accepted) -> Disposition {
         let now = self.clock.now();
         let latency = (now - delivery.requested_at).as_seconds_f64().max(0.0);
         metrics::histogram!(names::DELIVERY_LATENCY).record(latency);
-        metrics::counter!(names::DELIVERIES, "carrier" => carrier, "outcome" => "sent")
-            .increment(1);
+        metrics::counter!(names::DELIVERIES, "carrier" => carrier, "outcome" => "sent").increment(1);
         tracing::info!(request_id = %delivery.request_id, carrier, "SMS accepted by the carrier");
-        let mut event = Event::new(
-            EventKind::Sent,
-            Some(delivery.request_id.clone()),
-            &delivery.phone,
-            now,
-        );
+        let mut event = Event::new(EventKind::Sent, Some(delivery.request_id.clone()), &delivery.phone, now);
         event.carrier = Some(carrier.to_owned());
         event.carrier_message_id = accepted.carrier_message_id;
         self.announce(&event, Disposition::Ack).await
@@ -293,12 +237,8 @@ impl Sender {
     async fn expired(&self, delivery: &Delivery, carrier: &str) -> Disposition {
         metrics::counter!(names::DELIVERIES, "carrier" => carrier.to_owned(), "outcome" => "expired").increment(1);
         tracing::warn!(request_id = %delivery.request_id, "code expired before any carrier took it; dropped");
-        let mut event = Event::new(
-            EventKind::Failed,
-            Some(delivery.request_id.clone()),
-            &delivery.phone,
-            self.clock.now(),
-        );
+        let mut event =
+            Event::new(EventKind::Failed, Some(delivery.request_id.clone()), &delivery.phone, self.clock.now());
         event.error = Some("expired".into());
         self.announce(&event, Disposition::Ack).await
     }
@@ -306,18 +246,11 @@ impl Sender {
     async fn failed(&self, delivery: &Delivery, carrier: &str, error: CarrierError) -> Disposition {
         metrics::counter!(names::DELIVERIES, "carrier" => carrier.to_owned(), "outcome" => "failed").increment(1);
         tracing::warn!(request_id = %delivery.request_id, carrier, error = %error, "no carrier accepted the SMS");
-        let mut event = Event::new(
-            EventKind::Failed,
-            Some(delivery.request_id.clone()),
-            &delivery.phone,
-            self.clock.now(),
-        );
+        let mut event =
+            Event::new(EventKind::Failed, Some(delivery.request_id.clone()), &delivery.phone, self.clock.now());
         event.carrier = Some(carrier.to_owned());
         event.error = Some(error.to_string());
-        let dead = Disposition::DeadLetter {
-            reason: "carrier_failed",
-            error: format!("{carrier}: {error}"),
-        };
+        let dead = Disposition::DeadLetter { reason: "carrier_failed", error: format!("{carrier}: {error}") };
         self.announce(&event, dead).await
     }
 
@@ -325,14 +258,8 @@ impl Sender {
     /// be announced the delivery is requeued (at-least-once: the carrier may
     /// see it twice, with the same code).
     async fn announce(&self, event: &Event, then: Disposition) -> Disposition {
-        let publish = || async {
-            self.broker
-                .publish_to_exchange(&event.status.routing_key(), event, false)
-                .await
-        };
-        let policy = backon::ExponentialBuilder::default()
-            .with_min_delay(Duration::from_millis(50))
-            .with_max_times(3);
+        let publish = || async { self.broker.publish_to_exchange(&event.status.routing_key(), event, false).await };
+        let policy = backon::ExponentialBuilder::default().with_min_delay(Duration::from_millis(50)).with_max_times(3);
         match publish.retry(policy).sleep(tokio::time::sleep).await {
             Ok(()) => then,
             Err(e) => {

@@ -3,12 +3,9 @@
 //!
 //! Only the generator process opens the store (sled is single-process).
 
-use crate::domain::limits::{
-    Limited, Policies, PrefixStats, Quarantine, SendHistory, VerifyFailures, prefix_of,
-};
+use crate::domain::limits::{Limited, Policies, PrefixStats, Quarantine, SendHistory, VerifyFailures, prefix_of};
 use crate::domain::{
-    Code, CodeRecord, EventKind, KeyRing, Phone, RequestStatus, Transition, ValidRequest,
-    VerifyOutcome, decide,
+    Code, CodeRecord, EventKind, KeyRing, Phone, RequestStatus, Transition, ValidRequest, VerifyOutcome, decide,
 };
 use serde::{Deserialize, Serialize};
 use sled::transaction::{ConflictableTransactionError, TransactionError, TransactionalTree};
@@ -144,23 +141,17 @@ fn message_key(carrier: &str, carrier_message_id: &str) -> Vec<u8> {
 type TxResult<T> = Result<T, ConflictableTransactionError<StoreError>>;
 
 fn decode<T: for<'de> Deserialize<'de>>(key: &[u8], bytes: &[u8]) -> Result<T, StoreError> {
-    serde_json::from_slice(bytes)
-        .map_err(|_| StoreError::Corrupt(String::from_utf8_lossy(key).into_owned()))
+    serde_json::from_slice(bytes).map_err(|_| StoreError::Corrupt(String::from_utf8_lossy(key).into_owned()))
 }
 
 fn encode<T: Serialize>(value: &T) -> Vec<u8> {
     serde_json::to_vec(value).expect("records always serialize")
 }
 
-fn tx_get<T: for<'de> Deserialize<'de>>(
-    tree: &TransactionalTree,
-    key: &[u8],
-) -> TxResult<Option<T>> {
+fn tx_get<T: for<'de> Deserialize<'de>>(tree: &TransactionalTree, key: &[u8]) -> TxResult<Option<T>> {
     match tree.get(key)? {
         None => Ok(None),
-        Some(bytes) => decode(key, &bytes)
-            .map(Some)
-            .map_err(ConflictableTransactionError::Abort),
+        Some(bytes) => decode(key, &bytes).map(Some).map_err(ConflictableTransactionError::Abort),
     }
 }
 
@@ -191,22 +182,14 @@ impl Store {
         let requests = db.open_tree("requests")?;
         let by_message = db.open_tree("by_carrier_message")?;
         let limits = db.open_tree("limits")?;
-        Ok(Self {
-            db,
-            codes,
-            requests,
-            by_message,
-            limits,
-        })
+        Ok(Self { db, codes, requests, by_message, limits })
     }
 
     /// Makes every change so far durable. Concurrent callers share one fsync
     /// (sled coalesces flushes), which is the group commit.
     pub async fn flush(&self) -> Result<(), StoreError> {
         let db = self.db.clone();
-        tokio::task::spawn_blocking(move || db.flush())
-            .await
-            .expect("flush does not panic")?;
+        tokio::task::spawn_blocking(move || db.flush()).await.expect("flush does not panic")?;
         Ok(())
     }
 
@@ -225,8 +208,7 @@ impl Store {
     ) -> Result<IssueOutcome, StoreError> {
         let sends_key = limit_key::sends(request.phone.e164());
         let prefix = prefix_of(&policies.pumping, request.phone.e164());
-        let (prefix_key, quarantine_key) =
-            (limit_key::prefix(&prefix), limit_key::quarantine(&prefix));
+        let (prefix_key, quarantine_key) = (limit_key::prefix(&prefix), limit_key::quarantine(&prefix));
         let phone = request.phone.e164().as_bytes();
         let id = request.request_id.as_bytes();
         let fresh = RequestRecord {
@@ -245,75 +227,66 @@ impl Store {
             carrier_message_id: None,
             error: None,
         };
-        unwrap_tx((&self.codes, &self.requests, &self.limits).transaction(
-            |(codes, requests, limits)| {
-                let mut retry_of_unqueued = false;
-                if let Some(existing) = tx_get::<RequestRecord>(requests, id)? {
-                    let same = existing.phone == fresh.phone
-                        && existing.template == fresh.template
-                        && existing.locale == fresh.locale
-                        && existing.code_length == fresh.code_length
-                        && existing.ttl_secs == fresh.ttl_secs;
-                    if !same {
-                        return Ok(IssueOutcome::Conflict);
-                    }
-                    if existing.delivery_queued || existing.status != RequestStatus::Pending {
-                        return Ok(IssueOutcome::Duplicate(Box::new(existing)));
-                    }
-                    // Issued before but never queued (the process died): already counted.
-                    retry_of_unqueued = true;
+        unwrap_tx((&self.codes, &self.requests, &self.limits).transaction(|(codes, requests, limits)| {
+            let mut retry_of_unqueued = false;
+            if let Some(existing) = tx_get::<RequestRecord>(requests, id)? {
+                let same = existing.phone == fresh.phone
+                    && existing.template == fresh.template
+                    && existing.locale == fresh.locale
+                    && existing.code_length == fresh.code_length
+                    && existing.ttl_secs == fresh.ttl_secs;
+                if !same {
+                    return Ok(IssueOutcome::Conflict);
                 }
-                if !retry_of_unqueued {
-                    if let Some(q) = tx_get::<Quarantine>(limits, &quarantine_key)?
-                        && q.is_active(now)
-                    {
-                        return Ok(IssueOutcome::Quarantined {
-                            quarantine: Box::new(q),
-                            new: false,
-                        });
-                    }
-                    let mut sends = tx_get::<SendHistory>(limits, &sends_key)?.unwrap_or_default();
-                    if let Err(limited) = policies.send.check(&sends, now) {
-                        return Ok(IssueOutcome::RateLimited(limited));
-                    }
-                    let mut stats = tx_get::<PrefixStats>(limits, &prefix_key)?
-                        .unwrap_or_else(|| PrefixStats::new(prefix.clone()));
-                    stats.on_send(&policies.pumping, now);
-                    if let Some(q) = policies.pumping.evaluate(&stats, now) {
-                        limits.insert(quarantine_key.as_slice(), encode(&q))?;
-                        return Ok(IssueOutcome::Quarantined {
-                            quarantine: Box::new(q),
-                            new: true,
-                        });
-                    }
-                    policies.send.record(&mut sends, now);
-                    limits.insert(sends_key.as_slice(), encode(&sends))?;
-                    limits.insert(prefix_key.as_slice(), encode(&stats))?;
+                if existing.delivery_queued || existing.status != RequestStatus::Pending {
+                    return Ok(IssueOutcome::Duplicate(Box::new(existing)));
                 }
-                if let Some(old) = tx_get::<CodeRecord>(codes, phone)?
-                    && old.request_id != fresh.request_id
+                // Issued before but never queued (the process died): already counted.
+                retry_of_unqueued = true;
+            }
+            if !retry_of_unqueued {
+                if let Some(q) = tx_get::<Quarantine>(limits, &quarantine_key)?
+                    && q.is_active(now)
                 {
-                    let old_id = old.request_id.as_bytes();
-                    if let Some(mut old_req) = tx_get::<RequestRecord>(requests, old_id)?
-                        && old_req.status.can_become(RequestStatus::Expired)
-                    {
-                        old_req.status = RequestStatus::Expired;
-                        old_req.error = Some(format!("superseded by {}", fresh.request_id));
-                        old_req.updated_at = now;
-                        requests.insert(old_id, encode(&old_req))?;
-                    }
+                    return Ok(IssueOutcome::Quarantined { quarantine: Box::new(q), new: false });
                 }
-                codes.insert(phone, encode(record))?;
-                requests.insert(id, encode(&fresh))?;
-                Ok(IssueOutcome::Issued)
-            },
-        ))
+                let mut sends = tx_get::<SendHistory>(limits, &sends_key)?.unwrap_or_default();
+                if let Err(limited) = policies.send.check(&sends, now) {
+                    return Ok(IssueOutcome::RateLimited(limited));
+                }
+                let mut stats =
+                    tx_get::<PrefixStats>(limits, &prefix_key)?.unwrap_or_else(|| PrefixStats::new(prefix.clone()));
+                stats.on_send(&policies.pumping, now);
+                if let Some(q) = policies.pumping.evaluate(&stats, now) {
+                    limits.insert(quarantine_key.as_slice(), encode(&q))?;
+                    return Ok(IssueOutcome::Quarantined { quarantine: Box::new(q), new: true });
+                }
+                policies.send.record(&mut sends, now);
+                limits.insert(sends_key.as_slice(), encode(&sends))?;
+                limits.insert(prefix_key.as_slice(), encode(&stats))?;
+            }
+            if let Some(old) = tx_get::<CodeRecord>(codes, phone)?
+                && old.request_id != fresh.request_id
+            {
+                let old_id = old.request_id.as_bytes();
+                if let Some(mut old_req) = tx_get::<RequestRecord>(requests, old_id)?
+                    && old_req.status.can_become(RequestStatus::Expired)
+                {
+                    old_req.status = RequestStatus::Expired;
+                    old_req.error = Some(format!("superseded by {}", fresh.request_id));
+                    old_req.updated_at = now;
+                    requests.insert(old_id, encode(&old_req))?;
+                }
+            }
+            codes.insert(phone, encode(record))?;
+            requests.insert(id, encode(&fresh))?;
+            Ok(IssueOutcome::Issued)
+        }))
     }
 
     /// Records that the delivery of `request_id` is confirmed by the broker.
     pub fn mark_queued(&self, request_id: &str) -> Result<(), StoreError> {
-        self.update_request(request_id, |r| r.delivery_queued = true)
-            .map(|_| ())
+        self.update_request(request_id, |r| r.delivery_queued = true).map(|_| ())
     }
 
     fn update_request(
@@ -343,32 +316,24 @@ impl Store {
     }
 
     /// Cancels a request's code: verification for it then answers "not found".
-    pub fn cancel(
-        &self,
-        request_id: &str,
-        now: OffsetDateTime,
-    ) -> Result<CancelOutcome, StoreError> {
+    pub fn cancel(&self, request_id: &str, now: OffsetDateTime) -> Result<CancelOutcome, StoreError> {
         let id = request_id.as_bytes();
-        unwrap_tx(
-            (&self.codes, &self.requests).transaction(|(codes, requests)| {
-                let Some(mut record) = tx_get::<RequestRecord>(requests, id)? else {
-                    return Ok(CancelOutcome::NotFound);
-                };
-                if record.status.is_final() {
-                    return Ok(CancelOutcome::AlreadyFinal(record.status));
-                }
-                let phone = record.phone.as_bytes();
-                if tx_get::<CodeRecord>(codes, phone)?
-                    .is_some_and(|c| c.request_id == record.request_id)
-                {
-                    codes.remove(phone)?;
-                }
-                record.status = RequestStatus::Canceled;
-                record.updated_at = now;
-                requests.insert(id, encode(&record))?;
-                Ok(CancelOutcome::Canceled(Box::new(record)))
-            }),
-        )
+        unwrap_tx((&self.codes, &self.requests).transaction(|(codes, requests)| {
+            let Some(mut record) = tx_get::<RequestRecord>(requests, id)? else {
+                return Ok(CancelOutcome::NotFound);
+            };
+            if record.status.is_final() {
+                return Ok(CancelOutcome::AlreadyFinal(record.status));
+            }
+            let phone = record.phone.as_bytes();
+            if tx_get::<CodeRecord>(codes, phone)?.is_some_and(|c| c.request_id == record.request_id) {
+                codes.remove(phone)?;
+            }
+            record.status = RequestStatus::Canceled;
+            record.updated_at = now;
+            requests.insert(id, encode(&record))?;
+            Ok(CancelOutcome::Canceled(Box::new(record)))
+        }))
     }
 
     /// Checks `code` for `phone`, applying expiry, attempt limits and single
@@ -385,72 +350,61 @@ impl Store {
         let fail_key = limit_key::failures(phone.e164());
         let prefix_key = limit_key::prefix(&prefix_of(&policies.pumping, phone.e164()));
         let dummy = dummy_record();
-        unwrap_tx((&self.codes, &self.requests, &self.limits).transaction(
-            |(codes, requests, limits)| {
-                let record = tx_get::<CodeRecord>(codes, phone_key)?;
-                let against = record.as_ref().unwrap_or(&dummy);
-                // The key that made this digest (rotated keys stay usable);
-                // an unknown id cannot match, but costs the same HMAC.
-                let key = keys.get(&against.key_id).unwrap_or(keys.current());
-                let matched = key.matches(phone, &against.request_id, code, &against.digest)
-                    && record.is_some();
-                let mut failures = tx_get::<VerifyFailures>(limits, &fail_key)?.unwrap_or_default();
-                if let Err(until) = failures.check(now) {
-                    return Ok((VerifyOutcome::Locked { until }, false));
+        unwrap_tx((&self.codes, &self.requests, &self.limits).transaction(|(codes, requests, limits)| {
+            let record = tx_get::<CodeRecord>(codes, phone_key)?;
+            let against = record.as_ref().unwrap_or(&dummy);
+            // The key that made this digest (rotated keys stay usable);
+            // an unknown id cannot match, but costs the same HMAC.
+            let key = keys.get(&against.key_id).unwrap_or(keys.current());
+            let matched = key.matches(phone, &against.request_id, code, &against.digest) && record.is_some();
+            let mut failures = tx_get::<VerifyFailures>(limits, &fail_key)?.unwrap_or_default();
+            if let Err(until) = failures.check(now) {
+                return Ok((VerifyOutcome::Locked { until }, false));
+            }
+            let (outcome, transition) = decide(record.as_ref(), matched, now);
+            let changed = transition != Transition::Keep;
+            match &outcome {
+                VerifyOutcome::Invalid { .. } | VerifyOutcome::MaxAttemptsReached { .. } if changed => {
+                    failures.on_failure(&policies.verify, now);
+                    limits.insert(fail_key.as_slice(), encode(&failures))?;
                 }
-                let (outcome, transition) = decide(record.as_ref(), matched, now);
-                let changed = transition != Transition::Keep;
-                match &outcome {
-                    VerifyOutcome::Invalid { .. } | VerifyOutcome::MaxAttemptsReached { .. }
-                        if changed =>
-                    {
-                        failures.on_failure(&policies.verify, now);
-                        limits.insert(fail_key.as_slice(), encode(&failures))?;
-                    }
-                    VerifyOutcome::Approved { .. } => {
-                        limits.remove(fail_key.as_slice())?;
-                        if let Some(mut stats) = tx_get::<PrefixStats>(limits, &prefix_key)? {
-                            stats.on_verified(&policies.pumping, now);
-                            limits.insert(prefix_key.as_slice(), encode(&stats))?;
-                        }
-                    }
-                    _ => {}
-                }
-                match transition {
-                    Transition::Keep => {}
-                    Transition::Remove => {
-                        codes.remove(phone_key)?;
-                    }
-                    Transition::Replace(next) => {
-                        codes.insert(phone_key, encode(&next))?;
+                VerifyOutcome::Approved { .. } => {
+                    limits.remove(fail_key.as_slice())?;
+                    if let Some(mut stats) = tx_get::<PrefixStats>(limits, &prefix_key)? {
+                        stats.on_verified(&policies.pumping, now);
+                        limits.insert(prefix_key.as_slice(), encode(&stats))?;
                     }
                 }
-                let status = match &outcome {
-                    VerifyOutcome::Approved { request_id } => {
-                        Some((request_id, RequestStatus::Verified, None))
-                    }
-                    VerifyOutcome::Expired { request_id } => {
-                        Some((request_id, RequestStatus::Expired, None))
-                    }
-                    VerifyOutcome::MaxAttemptsReached { request_id } if changed => Some((
-                        request_id,
-                        RequestStatus::Expired,
-                        Some("max_attempts_reached".to_owned()),
-                    )),
-                    _ => None,
-                };
-                if let Some((request_id, status, error)) = status
-                    && let Some(mut r) = tx_get::<RequestRecord>(requests, request_id.as_bytes())?
-                    && r.status.can_become(status)
-                {
-                    r.status = status;
-                    r.error = error.or(r.error);
-                    r.updated_at = now;
-                    requests.insert(request_id.as_bytes(), encode(&r))?;
+                _ => {}
+            }
+            match transition {
+                Transition::Keep => {}
+                Transition::Remove => {
+                    codes.remove(phone_key)?;
                 }
-                Ok((outcome, changed))
-            },
-        ))
+                Transition::Replace(next) => {
+                    codes.insert(phone_key, encode(&next))?;
+                }
+            }
+            let status = match &outcome {
+                VerifyOutcome::Approved { request_id } => Some((request_id, RequestStatus::Verified, None)),
+                VerifyOutcome::Expired { request_id } => Some((request_id, RequestStatus::Expired, None)),
+                VerifyOutcome::MaxAttemptsReached { request_id } if changed => {
+                    Some((request_id, RequestStatus::Expired, Some("max_attempts_reached".to_owned())))
+                }
+                _ => None,
+            };
+            if let Some((request_id, status, error)) = status
+                && let Some(mut r) = tx_get::<RequestRecord>(requests, request_id.as_bytes())?
+                && r.status.can_become(status)
+            {
+                r.status = status;
+                r.error = error.or(r.error);
+                r.updated_at = now;
+                requests.insert(request_id.as_bytes(), encode(&r))?;
+            }
+            Ok((outcome, changed))
+        }))
     }
 
     /// Applies a sender's status event to the request's record. Returns false
@@ -468,8 +422,7 @@ impl Store {
             return Ok(false);
         };
         if let (Some(carrier), Some(id)) = (carrier, carrier_message_id) {
-            self.by_message
-                .insert(message_key(carrier, id), request_id.as_bytes())?;
+            self.by_message.insert(message_key(carrier, id), request_id.as_bytes())?;
         }
         let mut applied = false;
         self.update_request(request_id, |r| {
@@ -478,9 +431,7 @@ impl Store {
             // after a later state (a fast user can verify before `sent` lands).
             if r.carrier.is_none() || applied {
                 r.carrier = carrier.map(str::to_owned).or(r.carrier.take());
-                r.carrier_message_id = carrier_message_id
-                    .map(str::to_owned)
-                    .or(r.carrier_message_id.take());
+                r.carrier_message_id = carrier_message_id.map(str::to_owned).or(r.carrier_message_id.take());
             }
             if applied {
                 r.status = next;
@@ -492,11 +443,7 @@ impl Store {
     }
 
     /// The request a carrier's message id belongs to (recorded from `event.sent`).
-    pub fn request_for_message(
-        &self,
-        carrier: &str,
-        carrier_message_id: &str,
-    ) -> Result<Option<String>, StoreError> {
+    pub fn request_for_message(&self, carrier: &str, carrier_message_id: &str) -> Result<Option<String>, StoreError> {
         Ok(self
             .by_message
             .get(message_key(carrier, carrier_message_id))?
@@ -514,11 +461,7 @@ impl Store {
     /// last change is older than `retention` once they are final or expired,
     /// and carrier message ids of removed requests. A request id re-published
     /// after its record was removed is treated as new.
-    pub fn sweep(
-        &self,
-        now: OffsetDateTime,
-        retention: time::Duration,
-    ) -> Result<SweepReport, StoreError> {
+    pub fn sweep(&self, now: OffsetDateTime, retention: time::Duration) -> Result<SweepReport, StoreError> {
         let mut report = SweepReport::default();
         for entry in self.codes.iter() {
             let (key, bytes) = entry?;
@@ -527,11 +470,7 @@ impl Store {
                 continue;
             }
             // Only if unchanged meanwhile (a new code may have replaced it).
-            if self
-                .codes
-                .compare_and_swap(&key, Some(&bytes), None as Option<&[u8]>)?
-                .is_ok()
-            {
+            if self.codes.compare_and_swap(&key, Some(&bytes), None as Option<&[u8]>)?.is_ok() {
                 let phone = String::from_utf8_lossy(&key).into_owned();
                 let expired = self.update_request(&record.request_id, |r| {
                     if r.status.can_become(RequestStatus::Expired) {
@@ -539,9 +478,7 @@ impl Store {
                         r.updated_at = now;
                     }
                 })?;
-                if expired
-                    .is_some_and(|r| r.status == RequestStatus::Expired && r.updated_at == now)
-                {
+                if expired.is_some_and(|r| r.status == RequestStatus::Expired && r.updated_at == now) {
                     report.expired.push((record.request_id, phone));
                 }
             }
@@ -552,10 +489,7 @@ impl Store {
             let done = record.status.is_final() || record.expires_at <= now;
             if done
                 && record.updated_at + retention <= now
-                && self
-                    .requests
-                    .compare_and_swap(&key, Some(&bytes), None as Option<&[u8]>)?
-                    .is_ok()
+                && self.requests.compare_and_swap(&key, Some(&bytes), None as Option<&[u8]>)?.is_ok()
             {
                 report.requests += 1;
             }
@@ -573,11 +507,7 @@ impl Store {
     /// Removes limit records that no longer limit anything (empty send
     /// windows, unlocked zero counts, finished prefix windows, lifted
     /// quarantines). Returns how many went.
-    pub fn sweep_limits(
-        &self,
-        now: OffsetDateTime,
-        policies: &Policies,
-    ) -> Result<usize, StoreError> {
+    pub fn sweep_limits(&self, now: OffsetDateTime, policies: &Policies) -> Result<usize, StoreError> {
         let mut removed = 0;
         for entry in self.limits.iter() {
             let (key, bytes) = entry?;
@@ -592,12 +522,7 @@ impl Store {
             } else {
                 true
             };
-            if stale
-                && self
-                    .limits
-                    .compare_and_swap(&key, Some(&bytes), None as Option<&[u8]>)?
-                    .is_ok()
-            {
+            if stale && self.limits.compare_and_swap(&key, Some(&bytes), None as Option<&[u8]>)?.is_ok() {
                 removed += 1;
             }
         }
@@ -617,10 +542,7 @@ impl Store {
         if let Some(bytes) = self.limits.get(&quarantine_key)? {
             let q: Quarantine = decode(&quarantine_key, &bytes)?;
             if q.is_active(now) {
-                return Ok(Err(IssueOutcome::Quarantined {
-                    quarantine: Box::new(q),
-                    new: false,
-                }));
+                return Ok(Err(IssueOutcome::Quarantined { quarantine: Box::new(q), new: false }));
             }
         }
         let sends_key = limit_key::sends(phone);
@@ -628,10 +550,7 @@ impl Store {
             Some(bytes) => decode::<SendHistory>(&sends_key, &bytes)?,
             None => SendHistory::default(),
         };
-        Ok(policies
-            .send
-            .check(&sends, now)
-            .map_err(IssueOutcome::RateLimited))
+        Ok(policies.send.check(&sends, now).map_err(IssueOutcome::RateLimited))
     }
 
     /// The quarantines in force.
@@ -689,21 +608,13 @@ mod tests {
     fn setup() -> (tempfile::TempDir, Store, KeyRing) {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
-        (
-            dir,
-            store,
-            KeyRing::new(DigestKey::new(vec![9; 32]).unwrap(), vec![]),
-        )
+        (dir, store, KeyRing::new(DigestKey::new(vec![9; 32]).unwrap(), vec![]))
     }
 
     fn request(id: &str) -> ValidRequest {
-        RawRequest {
-            request_id: id.into(),
-            phone: "+14155550123".into(),
-            ..Default::default()
-        }
-        .validate(&Limits::default(), &Templates::default())
-        .unwrap()
+        RawRequest { request_id: id.into(), phone: "+14155550123".into(), ..Default::default() }
+            .validate(&Limits::default(), &Templates::default())
+            .unwrap()
     }
 
     fn record(key: &KeyRing, req: &ValidRequest, code: &str, now: OffsetDateTime) -> CodeRecord {
@@ -722,33 +633,18 @@ mod tests {
         let (_d, store, key) = setup();
         let now = OffsetDateTime::now_utc();
         let req = request("r1");
-        assert_eq!(
-            store
-                .issue(&req, &record(&key, &req, "111111", now), now, &open())
-                .unwrap(),
-            IssueOutcome::Issued
-        );
+        assert_eq!(store.issue(&req, &record(&key, &req, "111111", now), now, &open()).unwrap(), IssueOutcome::Issued);
         // Not yet queued (as after a crash): issued again, replacing the code.
-        assert_eq!(
-            store
-                .issue(&req, &record(&key, &req, "222222", now), now, &open())
-                .unwrap(),
-            IssueOutcome::Issued
-        );
+        assert_eq!(store.issue(&req, &record(&key, &req, "222222", now), now, &open()).unwrap(), IssueOutcome::Issued);
         store.mark_queued("r1").unwrap();
         assert!(matches!(
-            store
-                .issue(&req, &record(&key, &req, "333333", now), now, &open())
-                .unwrap(),
+            store.issue(&req, &record(&key, &req, "333333", now), now, &open()).unwrap(),
             IssueOutcome::Duplicate(_)
         ));
         let code = Code::parse("222222").unwrap();
         let (outcome, _) = store.verify(&req.phone, &code, &key, now, &open()).unwrap();
         assert_eq!(outcome.label(), "approved");
-        assert_eq!(
-            store.request("r1").unwrap().unwrap().status,
-            RequestStatus::Verified
-        );
+        assert_eq!(store.request("r1").unwrap().unwrap().status, RequestStatus::Verified);
     }
 
     #[test]
@@ -756,15 +652,11 @@ mod tests {
         let (_d, store, key) = setup();
         let now = OffsetDateTime::now_utc();
         let req = request("r1");
-        store
-            .issue(&req, &record(&key, &req, "111111", now), now, &open())
-            .unwrap();
+        store.issue(&req, &record(&key, &req, "111111", now), now, &open()).unwrap();
         let mut other = req.clone();
         other.phone = Phone::parse("+447911123456").unwrap();
         assert_eq!(
-            store
-                .issue(&other, &record(&key, &other, "111111", now), now, &open())
-                .unwrap(),
+            store.issue(&other, &record(&key, &other, "111111", now), now, &open()).unwrap(),
             IssueOutcome::Conflict
         );
     }
@@ -774,42 +666,14 @@ mod tests {
         let (_d, store, key) = setup();
         let now = OffsetDateTime::now_utc();
         let (a, b) = (request("a"), request("b"));
-        store
-            .issue(&a, &record(&key, &a, "111111", now), now, &open())
-            .unwrap();
-        store
-            .issue(&b, &record(&key, &b, "222222", now), now, &open())
-            .unwrap();
+        store.issue(&a, &record(&key, &a, "111111", now), now, &open()).unwrap();
+        store.issue(&b, &record(&key, &b, "222222", now), now, &open()).unwrap();
         let old = Code::parse("111111").unwrap();
-        assert_eq!(
-            store
-                .verify(&a.phone, &old, &key, now, &open())
-                .unwrap()
-                .0
-                .label(),
-            "invalid_code"
-        );
-        assert_eq!(
-            store.request("a").unwrap().unwrap().status,
-            RequestStatus::Expired
-        );
+        assert_eq!(store.verify(&a.phone, &old, &key, now, &open()).unwrap().0.label(), "invalid_code");
+        assert_eq!(store.request("a").unwrap().unwrap().status, RequestStatus::Expired);
         let new = Code::parse("222222").unwrap();
-        assert_eq!(
-            store
-                .verify(&b.phone, &new, &key, now, &open())
-                .unwrap()
-                .0
-                .label(),
-            "approved"
-        );
-        assert_eq!(
-            store
-                .verify(&b.phone, &new, &key, now, &open())
-                .unwrap()
-                .0
-                .label(),
-            "not_found"
-        );
+        assert_eq!(store.verify(&b.phone, &new, &key, now, &open()).unwrap().0.label(), "approved");
+        assert_eq!(store.verify(&b.phone, &new, &key, now, &open()).unwrap().0.label(), "not_found");
     }
 
     #[test]
@@ -817,31 +681,12 @@ mod tests {
         let (_d, store, key) = setup();
         let now = OffsetDateTime::now_utc();
         let req = request("r1");
-        store
-            .issue(&req, &record(&key, &req, "111111", now), now, &open())
-            .unwrap();
+        store.issue(&req, &record(&key, &req, "111111", now), now, &open()).unwrap();
         let later = now + Duration::minutes(6);
         let code = Code::parse("111111").unwrap();
-        assert_eq!(
-            store
-                .verify(&req.phone, &code, &key, later, &open())
-                .unwrap()
-                .0
-                .label(),
-            "expired"
-        );
-        assert_eq!(
-            store.request("r1").unwrap().unwrap().status,
-            RequestStatus::Expired
-        );
-        assert_eq!(
-            store
-                .verify(&req.phone, &code, &key, later, &open())
-                .unwrap()
-                .0
-                .label(),
-            "not_found"
-        );
+        assert_eq!(store.verify(&req.phone, &code, &key, later, &open()).unwrap().0.label(), "expired");
+        assert_eq!(store.request("r1").unwrap().unwrap().status, RequestStatus::Expired);
+        assert_eq!(store.verify(&req.phone, &code, &key, later, &open()).unwrap().0.label(), "not_found");
     }
 
     #[test]
@@ -849,52 +694,17 @@ mod tests {
         let (_d, store, key) = setup();
         let now = OffsetDateTime::now_utc();
         let req = request("r1");
-        store
-            .issue(&req, &record(&key, &req, "111111", now), now, &open())
-            .unwrap();
-        assert!(
-            store
-                .apply_event(
-                    "r1",
-                    EventKind::Sent,
-                    Some("webhook"),
-                    Some("m1"),
-                    None,
-                    now
-                )
-                .unwrap()
-        );
-        assert!(
-            store
-                .apply_event("r1", EventKind::Delivered, None, None, None, now)
-                .unwrap()
-        );
-        assert!(
-            !store
-                .apply_event("r1", EventKind::Sent, Some("webhook"), None, None, now)
-                .unwrap()
-        );
+        store.issue(&req, &record(&key, &req, "111111", now), now, &open()).unwrap();
+        assert!(store.apply_event("r1", EventKind::Sent, Some("webhook"), Some("m1"), None, now).unwrap());
+        assert!(store.apply_event("r1", EventKind::Delivered, None, None, None, now).unwrap());
+        assert!(!store.apply_event("r1", EventKind::Sent, Some("webhook"), None, None, now).unwrap());
         let r = store.request("r1").unwrap().unwrap();
         assert_eq!(
-            (
-                r.status,
-                r.carrier.as_deref(),
-                r.carrier_message_id.as_deref()
-            ),
+            (r.status, r.carrier.as_deref(), r.carrier_message_id.as_deref()),
             (RequestStatus::Delivered, Some("webhook"), Some("m1"))
         );
-        assert!(
-            !store
-                .apply_event("nope", EventKind::Sent, None, None, None, now)
-                .unwrap()
-        );
-        assert_eq!(
-            store
-                .request_for_message("webhook", "m1")
-                .unwrap()
-                .as_deref(),
-            Some("r1")
-        );
+        assert!(!store.apply_event("nope", EventKind::Sent, None, None, None, now).unwrap());
+        assert_eq!(store.request_for_message("webhook", "m1").unwrap().as_deref(), Some("r1"));
         assert_eq!(store.request_for_message("twilio", "m1").unwrap(), None);
     }
 
@@ -903,36 +713,14 @@ mod tests {
         let (_d, store, key) = setup();
         let now = OffsetDateTime::now_utc();
         let req = request("r1");
-        store
-            .issue(&req, &record(&key, &req, "111111", now), now, &open())
-            .unwrap();
+        store.issue(&req, &record(&key, &req, "111111", now), now, &open()).unwrap();
         let code = Code::parse("111111").unwrap();
-        assert_eq!(
-            store
-                .verify(&req.phone, &code, &key, now, &open())
-                .unwrap()
-                .0
-                .label(),
-            "approved"
-        );
-        let applied = store
-            .apply_event(
-                "r1",
-                EventKind::Sent,
-                Some("twilio"),
-                Some("SM1"),
-                None,
-                now,
-            )
-            .unwrap();
+        assert_eq!(store.verify(&req.phone, &code, &key, now, &open()).unwrap().0.label(), "approved");
+        let applied = store.apply_event("r1", EventKind::Sent, Some("twilio"), Some("SM1"), None, now).unwrap();
         assert!(!applied, "verified stays verified");
         let r = store.request("r1").unwrap().unwrap();
         assert_eq!(
-            (
-                r.status,
-                r.carrier.as_deref(),
-                r.carrier_message_id.as_deref()
-            ),
+            (r.status, r.carrier.as_deref(), r.carrier_message_id.as_deref()),
             (RequestStatus::Verified, Some("twilio"), Some("SM1"))
         );
     }
@@ -942,37 +730,16 @@ mod tests {
         let (_d, store, old) = setup();
         let now = OffsetDateTime::now_utc();
         let req = request("r1");
-        store
-            .issue(&req, &record(&old, &req, "111111", now), now, &open())
-            .unwrap();
-        let rotated = KeyRing::new(
-            DigestKey::new(vec![7; 32]).unwrap(),
-            vec![old.current().clone()],
-        );
+        store.issue(&req, &record(&old, &req, "111111", now), now, &open()).unwrap();
+        let rotated = KeyRing::new(DigestKey::new(vec![7; 32]).unwrap(), vec![old.current().clone()]);
         let code = Code::parse("111111").unwrap();
-        assert_eq!(
-            store
-                .verify(&req.phone, &code, &rotated, now, &open())
-                .unwrap()
-                .0
-                .label(),
-            "approved"
-        );
+        assert_eq!(store.verify(&req.phone, &code, &rotated, now, &open()).unwrap().0.label(), "approved");
         // Once the old key is dropped, its codes no longer verify.
         let req2 = request("r2");
-        store
-            .issue(&req2, &record(&old, &req2, "222222", now), now, &open())
-            .unwrap();
+        store.issue(&req2, &record(&old, &req2, "222222", now), now, &open()).unwrap();
         let dropped = KeyRing::new(DigestKey::new(vec![7; 32]).unwrap(), vec![]);
         let code = Code::parse("222222").unwrap();
-        assert_eq!(
-            store
-                .verify(&req2.phone, &code, &dropped, now, &open())
-                .unwrap()
-                .0
-                .label(),
-            "invalid_code"
-        );
+        assert_eq!(store.verify(&req2.phone, &code, &dropped, now, &open()).unwrap().0.label(), "invalid_code");
     }
 
     #[test]
@@ -980,48 +747,19 @@ mod tests {
         let (_d, store, key) = setup();
         let now = OffsetDateTime::now_utc();
         let req = request("r1");
-        store
-            .issue(&req, &record(&key, &req, "111111", now), now, &open())
-            .unwrap();
-        assert!(matches!(
-            store.cancel("r1", now).unwrap(),
-            CancelOutcome::Canceled(_)
-        ));
+        store.issue(&req, &record(&key, &req, "111111", now), now, &open()).unwrap();
+        assert!(matches!(store.cancel("r1", now).unwrap(), CancelOutcome::Canceled(_)));
         let code = Code::parse("111111").unwrap();
-        assert_eq!(
-            store
-                .verify(&req.phone, &code, &key, now, &open())
-                .unwrap()
-                .0
-                .label(),
-            "not_found"
-        );
-        assert_eq!(
-            store.cancel("r1", now).unwrap(),
-            CancelOutcome::AlreadyFinal(RequestStatus::Canceled)
-        );
+        assert_eq!(store.verify(&req.phone, &code, &key, now, &open()).unwrap().0.label(), "not_found");
+        assert_eq!(store.cancel("r1", now).unwrap(), CancelOutcome::AlreadyFinal(RequestStatus::Canceled));
         assert_eq!(store.cancel("nope", now).unwrap(), CancelOutcome::NotFound);
         // A newer code for the number is not touched by canceling an older request.
         let (a, b) = (request("a"), request("b"));
-        store
-            .issue(&a, &record(&key, &a, "333333", now), now, &open())
-            .unwrap();
-        store
-            .issue(&b, &record(&key, &b, "444444", now), now, &open())
-            .unwrap();
-        assert!(matches!(
-            store.cancel("a", now).unwrap(),
-            CancelOutcome::AlreadyFinal(RequestStatus::Expired)
-        ));
+        store.issue(&a, &record(&key, &a, "333333", now), now, &open()).unwrap();
+        store.issue(&b, &record(&key, &b, "444444", now), now, &open()).unwrap();
+        assert!(matches!(store.cancel("a", now).unwrap(), CancelOutcome::AlreadyFinal(RequestStatus::Expired)));
         let code = Code::parse("444444").unwrap();
-        assert_eq!(
-            store
-                .verify(&b.phone, &code, &key, now, &open())
-                .unwrap()
-                .0
-                .label(),
-            "approved"
-        );
+        assert_eq!(store.verify(&b.phone, &code, &key, now, &open()).unwrap().0.label(), "approved");
     }
 
     #[test]
@@ -1032,46 +770,19 @@ mod tests {
         for i in 0..20 {
             let mut req = request(&format!("r{i}"));
             req.phone = Phone::parse(&format!("+1415555{:04}", 1000 + i)).unwrap();
+            store.issue(&req, &record(&key, &req, "111111", now), now, &open()).unwrap();
             store
-                .issue(&req, &record(&key, &req, "111111", now), now, &open())
-                .unwrap();
-            store
-                .apply_event(
-                    &req.request_id,
-                    EventKind::Sent,
-                    Some("twilio"),
-                    Some(&format!("SM{i}")),
-                    None,
-                    now,
-                )
+                .apply_event(&req.request_id, EventKind::Sent, Some("twilio"), Some(&format!("SM{i}")), None, now)
                 .unwrap();
         }
-        assert_eq!(
-            store.len(),
-            60 + 21,
-            "codes, requests, message ids; 20 send histories and 1 prefix"
-        );
+        assert_eq!(store.len(), 60 + 21, "codes, requests, message ids; 20 send histories and 1 prefix");
         // Before expiry nothing goes.
-        assert_eq!(
-            store.sweep(now, time::Duration::hours(24)).unwrap(),
-            SweepReport::default()
-        );
+        assert_eq!(store.sweep(now, time::Duration::hours(24)).unwrap(), SweepReport::default());
         let later = now + time::Duration::minutes(6);
         let report = store.sweep(later, time::Duration::hours(24)).unwrap();
-        assert_eq!(
-            report.expired.len(),
-            20,
-            "expired codes are removed and their requests expire"
-        );
-        assert_eq!(
-            store.request("r0").unwrap().unwrap().status,
-            RequestStatus::Expired
-        );
-        assert_eq!(
-            store.len(),
-            40 + 21,
-            "request records stay for the retention period"
-        );
+        assert_eq!(report.expired.len(), 20, "expired codes are removed and their requests expire");
+        assert_eq!(store.request("r0").unwrap().unwrap().status, RequestStatus::Expired);
+        assert_eq!(store.len(), 40 + 21, "request records stay for the retention period");
         let day_later = later + time::Duration::hours(24);
         assert_eq!(store.sweep_limits(day_later, &open()).unwrap(), 21);
         let report = store.sweep(day_later, time::Duration::hours(24)).unwrap();
@@ -1084,9 +795,7 @@ mod tests {
         let (dir, store, key) = setup();
         let now = OffsetDateTime::now_utc();
         let req = request("r1");
-        store
-            .issue(&req, &record(&key, &req, "864209", now), now, &open())
-            .unwrap();
+        store.issue(&req, &record(&key, &req, "864209", now), now, &open()).unwrap();
         drop(store);
         let mut found = false;
         for entry in walk(dir.path()) {
@@ -1100,11 +809,7 @@ mod tests {
         let mut out = Vec::new();
         for e in std::fs::read_dir(dir).unwrap() {
             let p = e.unwrap().path();
-            if p.is_dir() {
-                out.extend(walk(&p))
-            } else {
-                out.push(p)
-            }
+            if p.is_dir() { out.extend(walk(&p)) } else { out.push(p) }
         }
         out
     }

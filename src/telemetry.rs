@@ -45,9 +45,7 @@ pub mod names {
 }
 
 /// Histogram buckets for OTP work: 1 ms … 30 s.
-const BUCKETS: &[f64] = &[
-    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
-];
+const BUCKETS: &[f64] = &[0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0];
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 
@@ -80,66 +78,31 @@ pub fn metrics() -> PrometheusHandle {
 
 fn describe() {
     use names::*;
-    describe_counter!(
-        REQUESTS,
-        "OTP requests processed by the generator, by outcome."
-    );
+    describe_counter!(REQUESTS, "OTP requests processed by the generator, by outcome.");
     describe_counter!(CODES_ISSUED, "One-time codes issued.");
     describe_counter!(DELIVERIES, "Deliveries finished, by carrier and outcome.");
-    describe_counter!(
-        CARRIER_ATTEMPTS,
-        "Calls to carriers, by carrier and outcome."
-    );
-    describe_histogram!(
-        CARRIER_DURATION,
-        Unit::Seconds,
-        "Duration of one carrier call."
-    );
+    describe_counter!(CARRIER_ATTEMPTS, "Calls to carriers, by carrier and outcome.");
+    describe_histogram!(CARRIER_DURATION, Unit::Seconds, "Duration of one carrier call.");
     describe_histogram!(
         DELIVERY_LATENCY,
         Unit::Seconds,
         "Request received by the generator to SMS accepted by a carrier."
     );
-    describe_gauge!(
-        CIRCUIT_OPEN,
-        "1 while the carrier's circuit breaker is open."
-    );
+    describe_gauge!(CIRCUIT_OPEN, "1 while the carrier's circuit breaker is open.");
     describe_counter!(FAILOVERS, "Deliveries moved to another carrier.");
     describe_counter!(VERIFICATIONS, "Verification attempts, by outcome.");
-    describe_histogram!(
-        VERIFY_DURATION,
-        Unit::Seconds,
-        "Duration of POST /v1/verify."
-    );
-    describe_counter!(
-        RECEIPTS,
-        "Carrier delivery receipts, by carrier and status."
-    );
-    describe_counter!(
-        DEAD_LETTERS,
-        "Messages moved to the dead-letter queue, by reason."
-    );
+    describe_histogram!(VERIFY_DURATION, Unit::Seconds, "Duration of POST /v1/verify.");
+    describe_counter!(RECEIPTS, "Carrier delivery receipts, by carrier and status.");
+    describe_counter!(DEAD_LETTERS, "Messages moved to the dead-letter queue, by reason.");
     describe_gauge!(BROKER_CONNECTED, "1 while connected to RabbitMQ.");
-    describe_counter!(
-        BROKER_RECONNECTS,
-        "Broker connections rebuilt after a loss."
-    );
-    describe_counter!(
-        AUTH_FAILURES,
-        "HTTP requests refused for a missing or wrong API key."
-    );
+    describe_counter!(BROKER_RECONNECTS, "Broker connections rebuilt after a loss.");
+    describe_counter!(AUTH_FAILURES, "HTTP requests refused for a missing or wrong API key.");
 }
 
 /// Installs the global `tracing` subscriber. `RUST_LOG` overrides `level`.
 /// Safe to call more than once (later calls do nothing).
 pub fn init_tracing(format: &str, level: &str) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    let _ = if format == "json" {
-        builder.json().try_init()
-    } else {
-        builder.try_init()
-    };
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let _ = if format == "json" { builder.json().try_init() } else { builder.try_init() };
 }

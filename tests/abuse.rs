@@ -8,21 +8,14 @@ use otp_pipeline::domain::{RawRequest, RejectReason, ReplyStatus};
 use serde_json::json;
 
 fn to(phone: &str, id: &str) -> RawRequest {
-    RawRequest {
-        request_id: id.into(),
-        phone: phone.into(),
-        ..Default::default()
-    }
+    RawRequest { request_id: id.into(), phone: phone.into(), ..Default::default() }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_resend_within_the_cooldown_is_refused_until_it_passes_even_across_a_restart() {
     let mut env = TestEnv::start().await;
     let mut events = env.event_tap().await;
-    assert_eq!(
-        env.publish(&to(PHONE, "c-1")).await.status,
-        ReplyStatus::Accepted
-    );
+    assert_eq!(env.publish(&to(PHONE, "c-1")).await.status, ReplyStatus::Accepted);
     let refused = env.publish(&to(PHONE, "c-2")).await;
     assert_eq!(refused.status, ReplyStatus::Rejected);
     assert_eq!(refused.reason, Some(RejectReason::RateLimited));
@@ -35,10 +28,7 @@ async fn a_resend_within_the_cooldown_is_refused_until_it_passes_even_across_a_r
     // The state lives in sled: a restarted generator still refuses.
     env.stop_generator().await;
     env.start_generator().await;
-    assert_eq!(
-        env.publish(&to(PHONE, "c-3")).await.reason,
-        Some(RejectReason::RateLimited)
-    );
+    assert_eq!(env.publish(&to(PHONE, "c-3")).await.reason, Some(RejectReason::RateLimited));
     // Over HTTP: 429 with Retry-After.
     let r = env
         .http
@@ -49,24 +39,11 @@ async fn a_resend_within_the_cooldown_is_refused_until_it_passes_even_across_a_r
         .await
         .unwrap();
     assert_eq!(r.status(), 429);
-    assert!(
-        r.headers()["retry-after"]
-            .to_str()
-            .unwrap()
-            .parse::<u64>()
-            .unwrap()
-            >= 1
-    );
-    assert_eq!(
-        r.json::<serde_json::Value>().await.unwrap()["reason"],
-        "rate_limited"
-    );
+    assert!(r.headers()["retry-after"].to_str().unwrap().parse::<u64>().unwrap() >= 1);
+    assert_eq!(r.json::<serde_json::Value>().await.unwrap()["reason"], "rate_limited");
 
     env.clock.advance(time::Duration::seconds(31));
-    assert_eq!(
-        env.publish(&to(PHONE, "c-5")).await.status,
-        ReplyStatus::Accepted
-    );
+    assert_eq!(env.publish(&to(PHONE, "c-5")).await.status, ReplyStatus::Accepted);
     env.teardown().await;
 }
 
@@ -78,24 +55,14 @@ async fn the_send_window_caps_codes_per_number() {
     })
     .await;
     for i in 0..3 {
-        assert_eq!(
-            env.publish(&to(PHONE, &format!("w-{i}"))).await.status,
-            ReplyStatus::Accepted
-        );
+        assert_eq!(env.publish(&to(PHONE, &format!("w-{i}"))).await.status, ReplyStatus::Accepted);
     }
     let refused = env.publish(&to(PHONE, "w-3")).await;
     assert_eq!(refused.reason, Some(RejectReason::RateLimited));
     assert!(refused.error.unwrap().starts_with("send_window"));
     // Another number is not affected; nor is a re-published request.
-    assert_eq!(
-        env.publish(&to("+14155550142", "w-other")).await.status,
-        ReplyStatus::Accepted
-    );
-    assert_eq!(
-        env.publish(&to(PHONE, "w-0")).await.status,
-        ReplyStatus::Accepted,
-        "duplicates are not new sends"
-    );
+    assert_eq!(env.publish(&to("+14155550142", "w-other")).await.status, ReplyStatus::Accepted);
+    assert_eq!(env.publish(&to(PHONE, "w-0")).await.status, ReplyStatus::Accepted, "duplicates are not new sends");
     env.teardown().await;
 }
 
@@ -113,21 +80,13 @@ async fn consecutive_failed_verifications_lock_the_number_until_the_lock_expires
         assert_eq!(env.verify(PHONE, wrong).await.0, 422);
     }
     let (status, body) = env.verify(PHONE, &code).await;
-    assert_eq!(
-        (status, body["status"].as_str()),
-        (429, Some("locked")),
-        "even the right code waits"
-    );
+    assert_eq!((status, body["status"].as_str()), (429, Some("locked")), "even the right code waits");
     // The lock survives a restart.
     env.stop_generator().await;
     env.start_generator().await;
     assert_eq!(env.verify(PHONE, &code).await.0, 429);
     env.clock.advance(time::Duration::seconds(61));
-    assert_eq!(
-        env.verify(PHONE, &code).await.0,
-        200,
-        "open again after the lock"
-    );
+    assert_eq!(env.verify(PHONE, &code).await.0, 200, "open again after the lock");
     env.teardown().await;
 }
 
@@ -137,30 +96,11 @@ async fn blocked_countries_are_refused() {
     let mut events = env.event_tap().await;
     let refused = env.publish(&to("+447911123456", "uk-1")).await;
     assert_eq!(refused.reason, Some(RejectReason::CountryBlocked));
-    assert_eq!(
-        events.expect("rejected", "uk-1").await.reason,
-        Some(RejectReason::CountryBlocked)
-    );
-    let (status, body) = env
-        .post(
-            "/v1/otp",
-            json!({"request_id": "uk-2", "phone": "+447911123456"}),
-        )
-        .await;
-    assert_eq!(
-        (status, body["reason"].as_str()),
-        (400, Some("country_blocked"))
-    );
-    assert_eq!(
-        env.publish(&to(PHONE, "us-1")).await.status,
-        ReplyStatus::Accepted
-    );
-    assert!(
-        env.carrier_posts()
-            .await
-            .iter()
-            .all(|p| p["to"] != "+447911123456")
-    );
+    assert_eq!(events.expect("rejected", "uk-1").await.reason, Some(RejectReason::CountryBlocked));
+    let (status, body) = env.post("/v1/otp", json!({"request_id": "uk-2", "phone": "+447911123456"})).await;
+    assert_eq!((status, body["reason"].as_str()), (400, Some("country_blocked")));
+    assert_eq!(env.publish(&to(PHONE, "us-1")).await.status, ReplyStatus::Accepted);
+    assert!(env.carrier_posts().await.iter().all(|p| p["to"] != "+447911123456"));
     env.teardown().await;
 }
 
@@ -173,61 +113,24 @@ async fn a_burst_to_one_prefix_is_quarantined_and_an_operator_can_lift_it() {
     .await;
     let mut events = env.event_tap().await;
     // +1 415 555 01xx: the same 7-digit prefix "1415555".
-    assert_eq!(
-        env.publish(&to("+14155550101", "p-1")).await.status,
-        ReplyStatus::Accepted
-    );
-    assert_eq!(
-        env.publish(&to("+14155550102", "p-2")).await.status,
-        ReplyStatus::Accepted
-    );
+    assert_eq!(env.publish(&to("+14155550101", "p-1")).await.status, ReplyStatus::Accepted);
+    assert_eq!(env.publish(&to("+14155550102", "p-2")).await.status, ReplyStatus::Accepted);
     let refused = env.publish(&to("+14155550103", "p-3")).await;
     assert_eq!(refused.reason, Some(RejectReason::SuspectedPumping));
     let event = events.expect("rejected", "p-3").await;
-    assert!(
-        event.error.unwrap().contains("prefix_velocity"),
-        "the rule and figures are explained"
-    );
-    assert_eq!(
-        env.publish(&to("+14155550104", "p-4")).await.reason,
-        Some(RejectReason::SuspectedPumping)
-    );
-    assert_eq!(
-        env.publish(&to("+14255550101", "other-prefix"))
-            .await
-            .status,
-        ReplyStatus::Accepted
-    );
+    assert!(event.error.unwrap().contains("prefix_velocity"), "the rule and figures are explained");
+    assert_eq!(env.publish(&to("+14155550104", "p-4")).await.reason, Some(RejectReason::SuspectedPumping));
+    assert_eq!(env.publish(&to("+14255550101", "other-prefix")).await.status, ReplyStatus::Accepted);
 
     let (status, body) = env.get("/v1/admin/quarantines").await;
     assert_eq!(status, 200);
     assert_eq!(body["quarantines"][0]["prefix"], "1415555");
     assert_eq!(body["quarantines"][0]["rule"], "prefix_velocity");
-    let lift = env
-        .http
-        .delete(env.url("/v1/admin/quarantines/1415555"))
-        .bearer_auth(API_KEY)
-        .send()
-        .await
-        .unwrap();
+    let lift = env.http.delete(env.url("/v1/admin/quarantines/1415555")).bearer_auth(API_KEY).send().await.unwrap();
     assert_eq!(lift.status(), 200);
-    assert_eq!(
-        env.get("/v1/admin/quarantines").await.1["quarantines"],
-        json!([])
-    );
-    assert_eq!(
-        env.publish(&to("+14155550105", "p-5")).await.status,
-        ReplyStatus::Accepted
-    );
-    let metrics = env
-        .http
-        .get(env.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    assert_eq!(env.get("/v1/admin/quarantines").await.1["quarantines"], json!([]));
+    assert_eq!(env.publish(&to("+14155550105", "p-5")).await.status, ReplyStatus::Accepted);
+    let metrics = env.http.get(env.url("/metrics")).send().await.unwrap().text().await.unwrap();
     assert!(metrics.contains("otp_quarantines_total{rule=\"prefix_velocity\"}"));
     env.teardown().await;
 }

@@ -19,9 +19,7 @@ const VONAGE_PATH: &str = "/sms/json";
 fn sms() -> Sms {
     Sms {
         to: "+14155550123".into(),
-        text:
-            "otp-pipeline: your verification code is 123456. It expires in 5 min. Never share it."
-                .into(),
+        text: "otp-pipeline: your verification code is 123456. It expires in 5 min. Never share it.".into(),
         code: "123456".into(),
         request_id: "order-42-login-1".into(),
         delivery_id: "delivery-1".into(),
@@ -36,17 +34,9 @@ async fn exchange<C: Carrier>(
     answer: ResponseTemplate,
 ) -> (Result<Accepted, CarrierError>, Request) {
     let server = MockServer::start().await;
-    Mock::given(method("POST"))
-        .and(path(route))
-        .respond_with(answer)
-        .expect(1)
-        .mount(&server)
-        .await;
+    Mock::given(method("POST")).and(path(route)).respond_with(answer).expect(1).mount(&server).await;
     let outcome = build(server.uri()).send(&sms()).await;
-    let mut requests = server
-        .received_requests()
-        .await
-        .expect("requests are recorded");
+    let mut requests = server.received_requests().await.expect("requests are recorded");
     assert_eq!(requests.len(), 1, "exactly one request");
     (outcome, requests.remove(0))
 }
@@ -59,48 +49,32 @@ async fn failure<C: Carrier>(
     body: &str,
     retry_after: Option<&str>,
 ) -> CarrierError {
-    let mut answer =
-        ResponseTemplate::new(status).set_body_raw(body.to_owned(), "application/json");
+    let mut answer = ResponseTemplate::new(status).set_body_raw(body.to_owned(), "application/json");
     if let Some(seconds) = retry_after {
         answer = answer.insert_header("retry-after", seconds);
     }
     let (outcome, _) = exchange(build, route, answer).await;
     let error = outcome.expect_err(body);
     let reason = error.to_string();
-    assert!(
-        !reason.contains("4155550123") && !reason.contains("123456"),
-        "{reason}"
-    );
+    assert!(!reason.contains("4155550123") && !reason.contains("123456"), "{reason}");
     error
 }
 
 fn header<'a>(request: &'a Request, name: &str) -> &'a str {
-    request
-        .headers
-        .get(name)
-        .unwrap_or_else(|| panic!("header {name}"))
-        .to_str()
-        .expect("ASCII header")
+    request.headers.get(name).unwrap_or_else(|| panic!("header {name}")).to_str().expect("ASCII header")
 }
 
 /// The form body as a map; a repeated field fails the test.
 fn form(request: &Request) -> BTreeMap<String, String> {
-    assert_eq!(
-        header(request, "content-type"),
-        "application/x-www-form-urlencoded"
-    );
-    let pairs: Vec<(String, String)> =
-        serde_urlencoded::from_bytes(&request.body).expect("form body");
+    assert_eq!(header(request, "content-type"), "application/x-www-form-urlencoded");
+    let pairs: Vec<(String, String)> = serde_urlencoded::from_bytes(&request.body).expect("form body");
     let map: BTreeMap<String, String> = pairs.iter().cloned().collect();
     assert_eq!(map.len(), pairs.len(), "no field twice");
     map
 }
 
 fn fields(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
-    pairs
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect()
+    pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
 }
 
 fn basic(user: &str, password: &str) -> String {
@@ -164,19 +138,11 @@ fn twilio_created() -> ResponseTemplate {
 #[tokio::test]
 async fn twilio_posts_the_message_form_with_account_credentials() {
     let (outcome, request) = exchange(twilio, TWILIO_PATH, twilio_created()).await;
-    assert_eq!(
-        outcome,
-        Ok(Accepted {
-            carrier_message_id: Some("SM1f0e8ae6ade43cb3c0ce4525424e404f".into())
-        })
-    );
+    assert_eq!(outcome, Ok(Accepted { carrier_message_id: Some("SM1f0e8ae6ade43cb3c0ce4525424e404f".into()) }));
     assert_eq!(request.method.as_str(), "POST");
     assert_eq!(request.url.path(), TWILIO_PATH);
     assert_eq!(request.url.query(), None);
-    assert_eq!(
-        header(&request, "authorization"),
-        basic(ACCOUNT_SID, "auth-token-1")
-    );
+    assert_eq!(header(&request, "authorization"), basic(ACCOUNT_SID, "auth-token-1"));
     assert_eq!(
         form(&request),
         fields(&[
@@ -203,10 +169,7 @@ async fn twilio_uses_the_api_key_and_the_messaging_service() {
     };
     let (outcome, request) = exchange(build, TWILIO_PATH, twilio_created()).await;
     assert!(outcome.is_ok());
-    assert_eq!(
-        header(&request, "authorization"),
-        basic("SK0123456789abcdef0123456789abcdef", "key-secret-1")
-    );
+    assert_eq!(header(&request, "authorization"), basic("SK0123456789abcdef0123456789abcdef", "key-secret-1"));
     assert_eq!(
         form(&request),
         fields(&[
@@ -225,8 +188,7 @@ async fn twilio_invalid_to_is_permanent_and_its_number_redacted() {
     assert_eq!(
         error,
         CarrierError::Permanent {
-            reason: "twilio 21211: The 'To' number +*********** is not a valid phone number."
-                .into()
+            reason: "twilio 21211: The 'To' number +*********** is not a valid phone number.".into()
         }
     );
 }
@@ -281,15 +243,10 @@ fn msg91(base_url: String) -> Msg91 {
 
 #[tokio::test]
 async fn msg91_posts_the_flow_json_with_the_authkey() {
-    let answer = ResponseTemplate::new(200)
-        .set_body_json(json!({"message": "5762846b4f8d285d378b4567", "type": "success"}));
+    let answer =
+        ResponseTemplate::new(200).set_body_json(json!({"message": "5762846b4f8d285d378b4567", "type": "success"}));
     let (outcome, request) = exchange(msg91, MSG91_PATH, answer).await;
-    assert_eq!(
-        outcome,
-        Ok(Accepted {
-            carrier_message_id: Some("5762846b4f8d285d378b4567".into())
-        })
-    );
+    assert_eq!(outcome, Ok(Accepted { carrier_message_id: Some("5762846b4f8d285d378b4567".into()) }));
     assert_eq!(request.method.as_str(), "POST");
     assert_eq!(request.url.path(), MSG91_PATH);
     assert_eq!(request.url.query(), None);
@@ -312,18 +269,9 @@ async fn msg91_error_answers_are_permanent() {
     // MSG91's documented error answer, with HTTP 200 as it sends it.
     let body = r#"{"type":"error","message":"Missing Authentication Key","code":"106"}"#;
     let error = failure(msg91, MSG91_PATH, 200, body, None).await;
-    assert_eq!(
-        error,
-        CarrierError::Permanent {
-            reason: "msg91 106: Missing Authentication Key".into()
-        }
-    );
+    assert_eq!(error, CarrierError::Permanent { reason: "msg91 106: Missing Authentication Key".into() });
     let body = r#"{"type":"error","message":"IP not whitelisted","code":"418"}"#;
-    assert!(
-        !failure(msg91, MSG91_PATH, 401, body, None)
-            .await
-            .is_retryable()
-    );
+    assert!(!failure(msg91, MSG91_PATH, 401, body, None).await.is_retryable());
 }
 
 #[tokio::test]
@@ -381,12 +329,7 @@ fn vonage_error(status: &str, text: &str) -> String {
 #[tokio::test]
 async fn vonage_posts_the_sms_form_with_the_api_secret() {
     let (outcome, request) = exchange(vonage_carrier, VONAGE_PATH, vonage_sent()).await;
-    assert_eq!(
-        outcome,
-        Ok(Accepted {
-            carrier_message_id: Some("0C000000217B7F02".into())
-        })
-    );
+    assert_eq!(outcome, Ok(Accepted { carrier_message_id: Some("0C000000217B7F02".into()) }));
     assert_eq!(request.method.as_str(), "POST");
     assert_eq!(request.url.path(), VONAGE_PATH);
     assert_eq!(request.url.query(), None);
@@ -400,10 +343,7 @@ async fn vonage_posts_the_sms_form_with_the_api_secret() {
             ("to", "14155550123"),
             ("text", &sms().text),
             ("client-ref", "order-42-login-1"),
-            (
-                "callback",
-                "https://otp.example.com/receipts/vonage?token=dlr-token"
-            ),
+            ("callback", "https://otp.example.com/receipts/vonage?token=dlr-token"),
         ])
     );
 }
@@ -411,12 +351,7 @@ async fn vonage_posts_the_sms_form_with_the_api_secret() {
 #[tokio::test]
 async fn vonage_signs_unicode_messages_without_the_secret() {
     let server = MockServer::start().await;
-    Mock::given(method("POST"))
-        .and(path(VONAGE_PATH))
-        .respond_with(vonage_sent())
-        .expect(1)
-        .mount(&server)
-        .await;
+    Mock::given(method("POST")).and(path(VONAGE_PATH)).respond_with(vonage_sent()).expect(1).mount(&server).await;
     let carrier = Vonage::new(&VonageConfig {
         api_secret: None,
         signature_secret: Some("signature-secret-1".into()),
@@ -424,30 +359,14 @@ async fn vonage_signs_unicode_messages_without_the_secret() {
         ..vonage_config(server.uri())
     })
     .expect("vonage config");
-    let message = Sms {
-        text: "आपका कोड 123456 है".into(),
-        ..sms()
-    };
+    let message = Sms { text: "आपका कोड 123456 है".into(), ..sms() };
     assert!(carrier.send(&message).await.is_ok());
-    let requests = server
-        .received_requests()
-        .await
-        .expect("requests are recorded");
+    let requests = server.received_requests().await.expect("requests are recorded");
     let mut sent = form(&requests[0]);
     let sig = sent.remove("sig").expect("sig");
-    let timestamp: u64 = sent
-        .remove("timestamp")
-        .expect("timestamp")
-        .parse()
-        .expect("seconds");
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .expect("clock")
-        .as_secs();
-    assert!(
-        now.abs_diff(timestamp) < 60,
-        "timestamp {timestamp} vs now {now}"
-    );
+    let timestamp: u64 = sent.remove("timestamp").expect("timestamp").parse().expect("seconds");
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).expect("clock").as_secs();
+    assert!(now.abs_diff(timestamp) < 60, "timestamp {timestamp} vs now {now}");
     assert_eq!(
         sent,
         fields(&[
@@ -466,10 +385,7 @@ async fn vonage_signs_unicode_messages_without_the_secret() {
 
 #[tokio::test]
 async fn vonage_throttled_status_is_retryable() {
-    let body = vonage_error(
-        "1",
-        "Throughput Rate Exceeded - please wait [ 1000 ] and retry",
-    );
+    let body = vonage_error("1", "Throughput Rate Exceeded - please wait [ 1000 ] and retry");
     let error = failure(vonage_carrier, VONAGE_PATH, 200, &body, None).await;
     assert_eq!(retryable(&error), None);
 }
@@ -478,18 +394,9 @@ async fn vonage_throttled_status_is_retryable() {
 async fn vonage_bad_credentials_and_invalid_numbers_are_permanent() {
     let body = vonage_error("4", "Bad Credentials");
     let error = failure(vonage_carrier, VONAGE_PATH, 200, &body, None).await;
-    assert_eq!(
-        error,
-        CarrierError::Permanent {
-            reason: "vonage 4: Bad Credentials".into()
-        }
-    );
+    assert_eq!(error, CarrierError::Permanent { reason: "vonage 4: Bad Credentials".into() });
     let body = vonage_error("3", "Invalid to address 14155550123");
-    assert!(
-        !failure(vonage_carrier, VONAGE_PATH, 200, &body, None)
-            .await
-            .is_retryable()
-    );
+    assert!(!failure(vonage_carrier, VONAGE_PATH, 200, &body, None).await.is_retryable());
 }
 
 #[tokio::test]
@@ -508,11 +415,8 @@ async fn unreachable_carriers_are_retryable() {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     let base_url = format!("http://{}", listener.local_addr().expect("address"));
     drop(listener);
-    let carriers: [Box<dyn Carrier>; 3] = [
-        Box::new(twilio(base_url.clone())),
-        Box::new(msg91(base_url.clone())),
-        Box::new(vonage_carrier(base_url)),
-    ];
+    let carriers: [Box<dyn Carrier>; 3] =
+        [Box::new(twilio(base_url.clone())), Box::new(msg91(base_url.clone())), Box::new(vonage_carrier(base_url))];
     for carrier in carriers {
         let error = carrier.send(&sms()).await.expect_err(carrier.name());
         assert!(error.is_retryable(), "{}: {error}", carrier.name());

@@ -2,9 +2,7 @@
 //! and delivery receipts (caught by wiremock). No broker needed.
 
 use otp_pipeline::carriers::twilio::signature;
-use otp_pipeline::fake_carrier::{
-    FakeCarrier, FakeCarrierConfig, Msg91DlrFormat, Outage, ReceivedSms,
-};
+use otp_pipeline::fake_carrier::{FakeCarrier, FakeCarrierConfig, Msg91DlrFormat, Outage, ReceivedSms};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use std::collections::HashMap;
@@ -15,38 +13,24 @@ use wiremock::{Mock, MockServer, ResponseTemplate};
 const ACCOUNT: &str = "AC0123456789abcdef0123456789abcdef";
 const TO: &str = "+14155550123";
 /// A complete, valid Vonage send.
-const VONAGE_SEND: [(&str, &str); 5] = [
-    ("api_key", "key"),
-    ("api_secret", "secret"),
-    ("from", "OTP"),
-    ("to", "14155550123"),
-    ("text", TEXT),
-];
+const VONAGE_SEND: [(&str, &str); 5] =
+    [("api_key", "key"), ("api_secret", "secret"), ("from", "OTP"), ("to", "14155550123"), ("text", TEXT)];
 
-const TEXT: &str =
-    "otp-pipeline: your verification code is 482913. It expires in 5 min. Never share it.";
+const TEXT: &str = "otp-pipeline: your verification code is 482913. It expires in 5 min. Never share it.";
 const WAIT: Duration = Duration::from_secs(10);
 
 async fn start(config: FakeCarrierConfig) -> FakeCarrier {
-    FakeCarrier::start(([127, 0, 0, 1], 0).into(), config)
-        .await
-        .expect("the fake carrier starts")
+    FakeCarrier::start(([127, 0, 0, 1], 0).into(), config).await.expect("the fake carrier starts")
 }
 
 /// Receipts right away (tests wait for them, never time them).
 fn quick() -> FakeCarrierConfig {
-    FakeCarrierConfig {
-        receipt_delay_ms: 0,
-        ..Default::default()
-    }
+    FakeCarrierConfig { receipt_delay_ms: 0, ..Default::default() }
 }
 
 async fn receiver() -> MockServer {
     let server = MockServer::start().await;
-    Mock::given(method("POST"))
-        .respond_with(ResponseTemplate::new(200))
-        .mount(&server)
-        .await;
+    Mock::given(method("POST")).respond_with(ResponseTemplate::new(200)).mount(&server).await;
     server
 }
 
@@ -58,11 +42,7 @@ async fn received(server: &MockServer, n: usize) -> Vec<wiremock::Request> {
         if requests.len() >= n {
             return requests;
         }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "expected {n} receipts, got {}",
-            requests.len()
-        );
+        assert!(tokio::time::Instant::now() < deadline, "expected {n} receipts, got {}", requests.len());
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
@@ -77,10 +57,7 @@ fn form_map(body: &[u8]) -> HashMap<String, String> {
 
 async fn twilio(fc: &FakeCarrier, params: &[(&str, &str)]) -> reqwest::Response {
     reqwest::Client::new()
-        .post(format!(
-            "{}/2010-04-01/Accounts/{ACCOUNT}/Messages.json",
-            fc.base_url()
-        ))
+        .post(format!("{}/2010-04-01/Accounts/{ACCOUNT}/Messages.json", fc.base_url()))
         .basic_auth(ACCOUNT, Some("auth-token"))
         .form(params)
         .send()
@@ -103,12 +80,7 @@ fn msg91_body(mobile: &str, otp: &str) -> Value {
 }
 
 async fn vonage(fc: &FakeCarrier, params: &[(&str, &str)]) -> reqwest::Response {
-    reqwest::Client::new()
-        .post(format!("{}/sms/json", fc.base_url()))
-        .form(params)
-        .send()
-        .await
-        .expect("vonage send")
+    reqwest::Client::new().post(format!("{}/sms/json", fc.base_url())).form(params).send().await.expect("vonage send")
 }
 
 async fn webhook(fc: &FakeCarrier, to: &str, request_id: &str) -> reqwest::Response {
@@ -125,41 +97,21 @@ async fn json_of(response: reqwest::Response) -> Value {
 }
 
 fn retry_after(response: &reqwest::Response) -> Option<&str> {
-    response
-        .headers()
-        .get(reqwest::header::RETRY_AFTER)
-        .and_then(|v| v.to_str().ok())
+    response.headers().get(reqwest::header::RETRY_AFTER).and_then(|v| v.to_str().ok())
 }
 
 async fn put_control(fc: &FakeCarrier, config: &Value) -> reqwest::Response {
-    reqwest::Client::new()
-        .put(format!("{}/control", fc.base_url()))
-        .json(config)
-        .send()
-        .await
-        .expect("PUT /control")
+    reqwest::Client::new().put(format!("{}/control", fc.base_url())).json(config).send().await.expect("PUT /control")
 }
 
 #[tokio::test]
 async fn twilio_send_is_recorded_and_its_signed_status_callbacks_arrive() {
     let callbacks = receiver().await;
-    let fc = start(FakeCarrierConfig {
-        twilio_auth_token: Some("twilio-secret".into()),
-        ..quick()
-    })
-    .await;
+    let fc = start(FakeCarrierConfig { twilio_auth_token: Some("twilio-secret".into()), ..quick() }).await;
     let callback = format!("{}/receipts/twilio?tenant=a", callbacks.uri());
 
-    let response = twilio(
-        &fc,
-        &[
-            ("To", TO),
-            ("From", "+15005550006"),
-            ("Body", TEXT),
-            ("StatusCallback", &callback),
-        ],
-    )
-    .await;
+    let response =
+        twilio(&fc, &[("To", TO), ("From", "+15005550006"), ("Body", TEXT), ("StatusCallback", &callback)]).await;
     assert_eq!(response.status(), StatusCode::CREATED);
     let message = json_of(response).await;
     let sid = message["sid"].as_str().expect("a sid").to_owned();
@@ -195,12 +147,7 @@ async fn twilio_send_is_recorded_and_its_signed_status_callbacks_arrive() {
         assert_eq!(request.url.path(), "/receipts/twilio");
         assert_eq!(request.url.query(), Some("tenant=a"), "the URL as given");
         let params = form(&request.body);
-        let header = request
-            .headers
-            .get("x-twilio-signature")
-            .expect("a signed callback")
-            .to_str()
-            .unwrap();
+        let header = request.headers.get("x-twilio-signature").expect("a signed callback").to_str().unwrap();
         assert_eq!(header, signature("twilio-secret", &callback, &params));
         let params: HashMap<_, _> = params.into_iter().collect();
         assert_eq!(params["MessageSid"], sid);
@@ -219,10 +166,7 @@ async fn twilio_send_is_recorded_and_its_signed_status_callbacks_arrive() {
 #[tokio::test]
 async fn twilio_needs_basic_auth_to_from_and_body() {
     let fc = start(quick()).await;
-    let url = format!(
-        "{}/2010-04-01/Accounts/{ACCOUNT}/Messages.json",
-        fc.base_url()
-    );
+    let url = format!("{}/2010-04-01/Accounts/{ACCOUNT}/Messages.json", fc.base_url());
     let response = reqwest::Client::new()
         .post(&url)
         .form(&[("To", TO), ("From", "+15005550006"), ("Body", TEXT)])
@@ -249,43 +193,26 @@ async fn twilio_needs_basic_auth_to_from_and_body() {
     }
 
     // A Messaging Service instead of From is enough.
-    let response = twilio(
-        &fc,
-        &[
-            ("To", TO),
-            ("MessagingServiceSid", "MG0123"),
-            ("Body", TEXT),
-        ],
-    )
-    .await;
+    let response = twilio(&fc, &[("To", TO), ("MessagingServiceSid", "MG0123"), ("Body", TEXT)]).await;
     assert_eq!(response.status(), StatusCode::CREATED);
     assert_eq!(json_of(response).await["messaging_service_sid"], "MG0123");
-    assert_eq!(
-        fc.messages().len(),
-        1,
-        "only well-formed sends are recorded"
-    );
+    assert_eq!(fc.messages().len(), 1, "only well-formed sends are recorded");
     fc.shutdown().await;
 }
 
 #[tokio::test]
 async fn msg91_send_records_the_otp_variable_and_posts_a_dlr() {
     let dlr = receiver().await;
-    let fc = start(FakeCarrierConfig {
-        msg91_dlr_url: Some(format!("{}/receipts/msg91?token=t0k", dlr.uri())),
-        ..quick()
-    })
-    .await;
+    let fc =
+        start(FakeCarrierConfig { msg91_dlr_url: Some(format!("{}/receipts/msg91?token=t0k", dlr.uri())), ..quick() })
+            .await;
 
     let response = msg91(&fc, msg91_body("919876543210", "5521")).await;
     assert_eq!(response.status(), StatusCode::OK);
     let body = json_of(response).await;
     assert_eq!(body["type"], "success");
     let request_id = body["message"].as_str().unwrap().to_owned();
-    assert!(
-        request_id.len() == 24 && request_id.bytes().all(|b| b.is_ascii_hexdigit()),
-        "{request_id}"
-    );
+    assert!(request_id.len() == 24 && request_id.bytes().all(|b| b.is_ascii_hexdigit()), "{request_id}");
 
     // The only variable counts as the code when there is no `otp`; a trailing slash works too.
     let response = reqwest::Client::new()
@@ -315,12 +242,7 @@ async fn msg91_send_records_the_otp_variable_and_posts_a_dlr() {
     assert_eq!(report["data"][0]["report"][0]["number"], "919876543210");
     assert_eq!(report["data"][0]["report"][0]["status"], "1");
     assert_eq!(report["data"][0]["report"][0]["desc"], "DELIVERED");
-    assert!(
-        reports[0]
-            .url
-            .as_str()
-            .ends_with("/receipts/msg91?token=t0k")
-    );
+    assert!(reports[0].url.as_str().ends_with("/receipts/msg91?token=t0k"));
     fc.shutdown().await;
 }
 
@@ -351,10 +273,7 @@ async fn msg91_without_authkey_is_401() {
         .await
         .unwrap();
     assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
-    assert_eq!(
-        json_of(response).await,
-        json!({"type": "error", "message": "Authentication failure"})
-    );
+    assert_eq!(json_of(response).await, json!({"type": "error", "message": "Authentication failure"}));
     assert!(fc.messages().is_empty());
     fc.shutdown().await;
 }
@@ -410,11 +329,7 @@ async fn vonage_form_and_json_sends_are_recorded_and_the_dlr_keeps_the_callback_
 
     let request = &received(&dlr, 1).await[0];
     assert_eq!(request.url.path(), "/receipts/vonage");
-    assert_eq!(
-        request.url.query(),
-        Some("token=s3cret"),
-        "the query is kept"
-    );
+    assert_eq!(request.url.query(), Some("token=s3cret"), "the query is kept");
     let receipt = form_map(&request.body);
     assert_eq!(receipt["messageId"], id);
     assert_eq!(receipt["msisdn"], "14155550123");
@@ -431,26 +346,13 @@ async fn vonage_form_and_json_sends_are_recorded_and_the_dlr_keeps_the_callback_
 #[tokio::test]
 async fn vonage_without_credentials_answers_status_2() {
     let fc = start(quick()).await;
-    let response = vonage(
-        &fc,
-        &[("from", "OTP"), ("to", "14155550123"), ("text", TEXT)],
-    )
-    .await;
+    let response = vonage(&fc, &[("from", "OTP"), ("to", "14155550123"), ("text", TEXT)]).await;
     assert_eq!(response.status(), StatusCode::OK, "Vonage answers 200");
     assert_eq!(
         json_of(response).await,
         json!({"message-count": "1", "messages": [{"status": "2", "error-text": "Missing api_key"}]})
     );
-    let response = vonage(
-        &fc,
-        &[
-            ("api_key", "key"),
-            ("from", "OTP"),
-            ("to", "14155550123"),
-            ("text", TEXT),
-        ],
-    )
-    .await;
+    let response = vonage(&fc, &[("api_key", "key"), ("from", "OTP"), ("to", "14155550123"), ("text", TEXT)]).await;
     assert_eq!(json_of(response).await["messages"][0]["status"], "2");
     assert!(fc.messages().is_empty());
     fc.shutdown().await;
@@ -463,14 +365,9 @@ async fn webhook_sends_are_recorded_and_messages_filter_by_number_and_carrier() 
     assert_eq!(response.status(), StatusCode::OK);
     let id = json_of(response).await["id"].as_str().unwrap().to_owned();
     assert!(!id.is_empty());
+    assert_eq!(webhook(&fc, "+447700900000", "req-2").await.status(), StatusCode::OK);
     assert_eq!(
-        webhook(&fc, "+447700900000", "req-2").await.status(),
-        StatusCode::OK
-    );
-    assert_eq!(
-        twilio(&fc, &[("To", TO), ("From", "+15005550006"), ("Body", TEXT)])
-            .await
-            .status(),
+        twilio(&fc, &[("To", TO), ("From", "+15005550006"), ("Body", TEXT)]).await.status(),
         StatusCode::CREATED
     );
 
@@ -496,11 +393,7 @@ async fn webhook_sends_are_recorded_and_messages_filter_by_number_and_carrier() 
     assert_eq!(hooks[0].code.as_deref(), Some("482913"));
     assert_eq!(list("?carrier=msg91").await.len(), 0);
 
-    let response = client
-        .delete(format!("{}/messages", fc.base_url()))
-        .send()
-        .await
-        .unwrap();
+    let response = client.delete(format!("{}/messages", fc.base_url())).send().await.unwrap();
     assert!(response.status().is_success());
     assert!(list("").await.is_empty());
     assert!(fc.messages().is_empty());
@@ -509,11 +402,7 @@ async fn webhook_sends_are_recorded_and_messages_filter_by_number_and_carrier() 
 
 #[tokio::test]
 async fn error_rate_one_gives_each_apis_error_shape() {
-    let fc = start(FakeCarrierConfig {
-        error_rate: 1.0,
-        ..quick()
-    })
-    .await;
+    let fc = start(FakeCarrierConfig { error_rate: 1.0, ..quick() }).await;
 
     let response = twilio(&fc, &[("To", TO), ("From", "+15005550006"), ("Body", TEXT)]).await;
     assert_eq!(response.status(), StatusCode::INTERNAL_SERVER_ERROR);
@@ -537,16 +426,9 @@ async fn error_rate_one_gives_each_apis_error_shape() {
 
     let recorded = fc.messages();
     assert_eq!(recorded.len(), 4);
-    assert!(
-        recorded
-            .iter()
-            .all(|m| !m.accepted && m.message_id.is_empty())
-    );
+    assert!(recorded.iter().all(|m| !m.accepted && m.message_id.is_empty()));
     assert_eq!(
-        recorded
-            .iter()
-            .map(|m| m.carrier.as_str())
-            .collect::<Vec<_>>(),
+        recorded.iter().map(|m| m.carrier.as_str()).collect::<Vec<_>>(),
         ["twilio", "msg91", "vonage", "webhook"]
     );
     fc.shutdown().await;
@@ -554,12 +436,7 @@ async fn error_rate_one_gives_each_apis_error_shape() {
 
 #[tokio::test]
 async fn throttle_rate_one_gives_429_with_retry_after() {
-    let fc = start(FakeCarrierConfig {
-        throttle_rate: 1.0,
-        retry_after_secs: 7,
-        ..quick()
-    })
-    .await;
+    let fc = start(FakeCarrierConfig { throttle_rate: 1.0, retry_after_secs: 7, ..quick() }).await;
 
     let response = twilio(&fc, &[("To", TO), ("From", "+15005550006"), ("Body", TEXT)]).await;
     assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
@@ -588,40 +465,24 @@ async fn throttle_rate_one_gives_429_with_retry_after() {
 #[tokio::test]
 async fn an_outage_window_covering_now_takes_down_only_the_named_carrier() {
     let fc = start(FakeCarrierConfig {
-        outages: vec![Outage {
-            carrier: Some("twilio".into()),
-            start_ms: 0,
-            end_ms: u64::MAX,
-        }],
+        outages: vec![Outage { carrier: Some("twilio".into()), start_ms: 0, end_ms: u64::MAX }],
         ..quick()
     })
     .await;
     let response = twilio(&fc, &[("To", TO), ("From", "+15005550006"), ("Body", TEXT)]).await;
     assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(json_of(response).await["code"], 20503);
-    assert_eq!(
-        msg91(&fc, msg91_body("919876543210", "5521"))
-            .await
-            .status(),
-        StatusCode::OK
-    );
+    assert_eq!(msg91(&fc, msg91_body("919876543210", "5521")).await.status(), StatusCode::OK);
     assert_eq!(webhook(&fc, TO, "req-1").await.status(), StatusCode::OK);
 
     // An outage of every carrier: Vonage answers its status "5".
     fc.set_config(FakeCarrierConfig {
-        outages: vec![Outage {
-            carrier: None,
-            start_ms: 0,
-            end_ms: u64::MAX,
-        }],
+        outages: vec![Outage { carrier: None, start_ms: 0, end_ms: u64::MAX }],
         ..quick()
     });
     let response = vonage(&fc, &VONAGE_SEND).await;
     assert_eq!(json_of(response).await["messages"][0]["status"], "5");
-    assert_eq!(
-        webhook(&fc, TO, "req-2").await.status(),
-        StatusCode::SERVICE_UNAVAILABLE
-    );
+    assert_eq!(webhook(&fc, TO, "req-2").await.status(), StatusCode::SERVICE_UNAVAILABLE);
     let accepted: Vec<bool> = fc.messages().iter().map(|m| m.accepted).collect();
     assert_eq!(accepted, [false, true, true, false, false]);
     fc.shutdown().await;
@@ -641,27 +502,13 @@ async fn put_control_changes_behaviour_at_run_time() {
     assert_eq!(response.status(), StatusCode::OK);
     assert_eq!(json_of(response).await["error_rate"], 1.0);
     assert_eq!(fc.config().error_rate, 1.0);
-    assert_eq!(
-        webhook(&fc, TO, "req-2").await.status(),
-        StatusCode::SERVICE_UNAVAILABLE
-    );
+    assert_eq!(webhook(&fc, TO, "req-2").await.status(), StatusCode::SERVICE_UNAVAILABLE);
 
-    let response = put_control(
-        &fc,
-        &json!({"outages": [{"carrier": "webhook", "start_ms": 0, "end_ms": 3_600_000}]}),
-    )
-    .await;
+    let response =
+        put_control(&fc, &json!({"outages": [{"carrier": "webhook", "start_ms": 0, "end_ms": 3_600_000}]})).await;
     assert_eq!(response.status(), StatusCode::OK);
-    assert_eq!(
-        webhook(&fc, TO, "req-3").await.status(),
-        StatusCode::SERVICE_UNAVAILABLE
-    );
-    assert_eq!(
-        msg91(&fc, msg91_body("919876543210", "5521"))
-            .await
-            .status(),
-        StatusCode::OK
-    );
+    assert_eq!(webhook(&fc, TO, "req-3").await.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(msg91(&fc, msg91_body("919876543210", "5521")).await.status(), StatusCode::OK);
 
     // Invalid configurations are refused and change nothing.
     for bad in [
@@ -683,11 +530,7 @@ async fn put_control_changes_behaviour_at_run_time() {
 
 #[tokio::test]
 async fn latency_still_answers() {
-    let fc = start(FakeCarrierConfig {
-        latency_ms: 30,
-        ..quick()
-    })
-    .await;
+    let fc = start(FakeCarrierConfig { latency_ms: 30, ..quick() }).await;
     assert_eq!(webhook(&fc, TO, "req-1").await.status(), StatusCode::OK);
     assert_eq!(fc.messages().len(), 1);
     fc.shutdown().await;
@@ -695,12 +538,7 @@ async fn latency_still_answers() {
 
 #[tokio::test]
 async fn seeded_runs_are_reproducible() {
-    let config = FakeCarrierConfig {
-        error_rate: 0.3,
-        throttle_rate: 0.3,
-        seed: Some(42),
-        ..quick()
-    };
+    let config = FakeCarrierConfig { error_rate: 0.3, throttle_rate: 0.3, seed: Some(42), ..quick() };
     let mut runs = Vec::new();
     for _ in 0..2 {
         let fc = start(config.clone()).await;
@@ -712,11 +550,7 @@ async fn seeded_runs_are_reproducible() {
         runs.push(statuses);
     }
     assert_eq!(runs[0], runs[1]);
-    assert!(
-        runs[0].iter().any(|s| *s != StatusCode::OK),
-        "{:?}",
-        runs[0]
-    );
+    assert!(runs[0].iter().any(|s| *s != StatusCode::OK), "{:?}", runs[0]);
     assert!(runs[0].contains(&StatusCode::OK), "{:?}", runs[0]);
 }
 

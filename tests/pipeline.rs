@@ -22,25 +22,15 @@ async fn published_request_is_delivered_verified_once_then_not_found() {
     assert_eq!(code.len(), 6);
     let posts = env.wait_posts(1).await;
     assert_eq!(posts[0]["to"], PHONE);
-    assert!(
-        posts[0]["delivery_id"]
-            .as_str()
-            .is_some_and(|d| !d.is_empty())
-    );
+    assert!(posts[0]["delivery_id"].as_str().is_some_and(|d| !d.is_empty()));
     let sent = events.expect("sent", "login-1").await;
     assert_eq!(sent.phone, "+1415*****23");
     assert_eq!(sent.carrier.as_deref(), Some("webhook"));
     assert_eq!(sent.carrier_message_id.as_deref(), Some("carrier-msg-1"));
     events.expect("accepted", "login-1").await;
 
-    assert_eq!(
-        env.verify(PHONE, &code).await,
-        (200, json!({"status": "approved"}))
-    );
-    assert_eq!(
-        env.verify(PHONE, &code).await,
-        (404, json!({"status": "not_found"}))
-    );
+    assert_eq!(env.verify(PHONE, &code).await, (200, json!({"status": "approved"})));
+    assert_eq!(env.verify(PHONE, &code).await, (404, json!({"status": "not_found"})));
     events.expect("verified", "login-1").await;
 
     // The generator learns of `sent` on its own queue: it may land after the verify.
@@ -64,29 +54,14 @@ async fn the_same_request_twice_gives_one_code_and_one_sms() {
     let code = env.code_for("dup-1").await;
     let second = env.publish(&env.request("dup-1")).await;
     assert_eq!(second.status, ReplyStatus::Accepted);
-    assert_eq!(
-        second.expires_at, first.expires_at,
-        "the duplicate reports the original code"
-    );
+    assert_eq!(second.expires_at, first.expires_at, "the duplicate reports the original code");
 
     // A later request proves the queue moved past the duplicate.
-    env.publish(&RawRequest {
-        phone: "+14155550199".into(),
-        ..env.request("other-1")
-    })
-    .await;
+    env.publish(&RawRequest { phone: "+14155550199".into(), ..env.request("other-1") }).await;
     env.code_for("other-1").await;
     let posts = env.carrier_posts().await;
-    assert_eq!(
-        posts.iter().filter(|p| p["request_id"] == "dup-1").count(),
-        1,
-        "exactly one SMS"
-    );
-    assert_eq!(
-        env.verify(PHONE, &code).await.0,
-        200,
-        "the one code is the valid one"
-    );
+    assert_eq!(posts.iter().filter(|p| p["request_id"] == "dup-1").count(), 1, "exactly one SMS");
+    assert_eq!(env.verify(PHONE, &code).await.0, 200, "the one code is the valid one");
     env.teardown().await;
 }
 
@@ -97,18 +72,9 @@ async fn five_wrong_codes_lock_the_code() {
     let code = env.code_for("brute-1").await;
     let wrong = if code == "000000" { "000001" } else { "000000" };
     for left in (1..=4).rev() {
-        assert_eq!(
-            env.verify(PHONE, wrong).await,
-            (
-                422,
-                json!({"status": "invalid_code", "attempts_left": left})
-            )
-        );
+        assert_eq!(env.verify(PHONE, wrong).await, (422, json!({"status": "invalid_code", "attempts_left": left})));
     }
-    assert_eq!(
-        env.verify(PHONE, wrong).await,
-        (429, json!({"status": "max_attempts_reached"}))
-    );
+    assert_eq!(env.verify(PHONE, wrong).await, (429, json!({"status": "max_attempts_reached"})));
     assert_eq!(
         env.verify(PHONE, &code).await,
         (429, json!({"status": "max_attempts_reached"})),
@@ -124,17 +90,10 @@ async fn five_wrong_codes_lock_the_code() {
 async fn an_expired_code_answers_410_then_404() {
     let env = TestEnv::start().await;
     let mut events = env.event_tap().await;
-    env.publish(&RawRequest {
-        ttl_secs: Some(60),
-        ..env.request("exp-1")
-    })
-    .await;
+    env.publish(&RawRequest { ttl_secs: Some(60), ..env.request("exp-1") }).await;
     let code = env.code_for("exp-1").await;
     env.clock.advance(time::Duration::seconds(61));
-    assert_eq!(
-        env.verify(PHONE, &code).await,
-        (410, json!({"status": "expired"}))
-    );
+    assert_eq!(env.verify(PHONE, &code).await, (410, json!({"status": "expired"})));
     assert_eq!(env.verify(PHONE, &code).await.0, 404);
     events.expect("expired", "exp-1").await;
     env.teardown().await;
@@ -146,30 +105,26 @@ async fn malformed_messages_are_dead_lettered_not_requeued() {
     env.publish_bytes(b"{not json").await;
     env.publish_bytes(b"\x00\x01 binary garbage").await;
     env.publish_bytes(b"[\"an array\"]").await;
+    let mut huge = br#"{"request_id":"huge","phone":"+14155550123","template":""#.to_vec();
+    huge.extend(std::iter::repeat_n(b'x', 20_000));
+    huge.extend(br#""}"#);
+    env.publish_bytes(&huge).await;
     // A valid request after them proves the consumer kept going.
     env.publish(&env.request("after-garbage")).await;
     env.code_for("after-garbage").await;
 
     let dead_queue = env.topology.dead.clone();
-    let arrived =
-        common::eventually(|| async { (env.queue_depth(&dead_queue).await >= 3).then_some(()) })
-            .await;
-    assert!(
-        arrived.is_some(),
-        "three messages reach the dead-letter queue"
-    );
+    let arrived = common::eventually(|| async { (env.queue_depth(&dead_queue).await >= 4).then_some(()) }).await;
+    assert!(arrived.is_some(), "four messages reach the dead-letter queue");
     let dead = env.dead_letters().await;
-    assert_eq!(dead.len(), 3);
-    for (body, error, reason) in &dead {
+    assert_eq!(dead.len(), 4);
+    for (body, error, reason) in &dead[..3] {
         assert_eq!(reason, "malformed_json", "{body:?}");
         assert!(!error.is_empty(), "x-otp-error says why");
     }
+    assert_eq!(dead[3].2, "oversized", "too large to read: dead-lettered unread");
     assert_eq!(dead[0].0, b"{not json");
-    assert_eq!(
-        env.queue_depth(&env.topology.requests).await,
-        0,
-        "nothing requeued"
-    );
+    assert_eq!(env.queue_depth(&env.topology.requests).await, 0, "nothing requeued");
     env.teardown().await;
 }
 
@@ -177,23 +132,13 @@ async fn malformed_messages_are_dead_lettered_not_requeued() {
 async fn invalid_requests_are_rejected_with_a_reply_and_an_event() {
     let env = TestEnv::start().await;
     let mut events = env.event_tap().await;
-    let reply = env
-        .publish(&RawRequest {
-            phone: "+1415555".into(),
-            ..env.request("bad-phone")
-        })
-        .await;
+    let reply = env.publish(&RawRequest { phone: "+1415555".into(), ..env.request("bad-phone") }).await;
     assert_eq!(reply.status, ReplyStatus::Rejected);
     assert_eq!(reply.reason, Some(RejectReason::InvalidPhone));
     let event = events.expect("rejected", "bad-phone").await;
     assert_eq!(event.reason, Some(RejectReason::InvalidPhone));
 
-    let reply = env
-        .publish(&RawRequest {
-            code_length: Some(12),
-            ..env.request("bad-length")
-        })
-        .await;
+    let reply = env.publish(&RawRequest { code_length: Some(12), ..env.request("bad-length") }).await;
     assert_eq!(reply.reason, Some(RejectReason::InvalidRequest));
     assert!(reply.error.unwrap().contains("code_length"));
     assert!(env.carrier_posts().await.is_empty(), "nothing was sent");
@@ -203,17 +148,10 @@ async fn invalid_requests_are_rejected_with_a_reply_and_an_event() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn api_routes_need_a_valid_key() {
     let env = TestEnv::start().await;
-    let routes = [
-        ("POST", "/v1/verify"),
-        ("POST", "/v1/otp"),
-        ("GET", "/v1/otp/x"),
-    ];
+    let routes = [("POST", "/v1/verify"), ("POST", "/v1/otp"), ("GET", "/v1/otp/x")];
     for (verb, route) in routes {
         for key in [None, Some("wrong-key-0123456789"), Some("")] {
-            let mut req = env
-                .http
-                .request(verb.parse().unwrap(), env.url(route))
-                .json(&json!({}));
+            let mut req = env.http.request(verb.parse().unwrap(), env.url(route)).json(&json!({}));
             if let Some(k) = key {
                 req = req.bearer_auth(k);
             }
@@ -223,24 +161,11 @@ async fn api_routes_need_a_valid_key() {
         }
     }
     for route in ["/metrics", "/healthz", "/readyz"] {
-        assert_eq!(
-            env.http.get(env.url(route)).send().await.unwrap().status(),
-            200,
-            "{route}"
-        );
+        assert_eq!(env.http.get(env.url(route)).send().await.unwrap().status(), 200, "{route}");
     }
-    let ok = env
-        .http
-        .get(env.url("/v1/otp/x"))
-        .header("authorization", format!("bearer {API_KEY}"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(
-        ok.status(),
-        404,
-        "scheme is case-insensitive and the key works"
-    );
+    let ok =
+        env.http.get(env.url("/v1/otp/x")).header("authorization", format!("bearer {API_KEY}")).send().await.unwrap();
+    assert_eq!(ok.status(), 404, "scheme is case-insensitive and the key works");
     env.teardown().await;
 }
 
@@ -263,10 +188,7 @@ async fn carrier_503_twice_then_200_delivers_one_sms() {
     events.expect("sent", "flaky-1").await;
     let posts = env.wait_posts(3).await;
     assert_eq!(posts.len(), 3, "two failures and one success");
-    assert!(
-        posts.iter().all(|p| p == &posts[0]),
-        "every retry sends the same SMS"
-    );
+    assert!(posts.iter().all(|p| p == &posts[0]), "every retry sends the same SMS");
     let code = code_in(posts[0]["text"].as_str().unwrap());
     assert_eq!(env.verify(PHONE, &code).await.0, 200);
     env.teardown().await;
@@ -275,17 +197,12 @@ async fn carrier_503_twice_then_200_delivers_one_sms() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_permanent_carrier_error_fails_and_dead_letters_the_delivery() {
     let env = TestEnv::start_bare().await;
-    env.mount(Mock::given(method("POST")).respond_with(ResponseTemplate::new(400)))
-        .await;
+    env.mount(Mock::given(method("POST")).respond_with(ResponseTemplate::new(400))).await;
     let mut events = env.event_tap().await;
     env.publish(&env.request("perm-1")).await;
     let failed = events.expect("failed", "perm-1").await;
     assert!(failed.error.unwrap().contains("400"));
-    assert_eq!(
-        env.wait_posts(1).await.len(),
-        1,
-        "no retry of a permanent error"
-    );
+    assert_eq!(env.wait_posts(1).await.len(), 1, "no retry of a permanent error");
     let dead = common::eventually(|| async {
         let d = env.dead_letters().await;
         (!d.is_empty()).then_some(d)
@@ -306,10 +223,7 @@ async fn a_code_that_expired_before_sending_is_dropped() {
     env.publish(&env.request("late-1")).await;
     let failed = events.expect("failed", "late-1").await;
     assert_eq!(failed.error.as_deref(), Some("expired"));
-    assert!(
-        env.carrier_posts().await.is_empty(),
-        "an expired code is never delivered"
-    );
+    assert!(env.carrier_posts().await.is_empty(), "an expired code is never delivered");
     env.teardown().await;
 }
 
@@ -322,21 +236,13 @@ async fn a_restarted_generator_loses_nothing() {
     env.stop_generator().await;
     // Published while no generator runs: RabbitMQ keeps it.
     env.publish_bytes(
-        &serde_json::to_vec(&RawRequest {
-            phone: "+14155550177".into(),
-            ..env.request("during-restart")
-        })
-        .unwrap(),
+        &serde_json::to_vec(&RawRequest { phone: "+14155550177".into(), ..env.request("during-restart") }).unwrap(),
     )
     .await;
     env.start_generator().await;
 
     let second = env.code_for("during-restart").await;
-    assert_eq!(
-        env.verify(PHONE, &first).await.0,
-        200,
-        "the code issued before the restart survived"
-    );
+    assert_eq!(env.verify(PHONE, &first).await.0, 200, "the code issued before the restart survived");
     assert_eq!(env.verify("+14155550177", &second).await.0, 200);
     env.teardown().await;
 }
@@ -365,27 +271,15 @@ async fn concurrent_verifies_approve_exactly_once() {
         });
     }
     let statuses = tasks.join_all().await;
-    assert_eq!(
-        statuses.iter().filter(|s| **s == 200).count(),
-        1,
-        "{statuses:?}"
-    );
-    assert!(
-        statuses.iter().all(|s| *s == 200 || *s == 404),
-        "{statuses:?}"
-    );
+    assert_eq!(statuses.iter().filter(|s| **s == 200).count(), 1, "{statuses:?}");
+    assert!(statuses.iter().all(|s| *s == 200 || *s == 404), "{statuses:?}");
     env.teardown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn post_otp_publishes_and_validates() {
     let env = TestEnv::start().await;
-    let (status, body) = env
-        .post(
-            "/v1/otp",
-            json!({"request_id": "http-1", "phone": PHONE, "code_length": 8}),
-        )
-        .await;
+    let (status, body) = env.post("/v1/otp", json!({"request_id": "http-1", "phone": PHONE, "code_length": 8})).await;
     assert_eq!((status, body), (202, json!({"request_id": "http-1"})));
     let code = env.code_for("http-1").await;
     assert_eq!(code.len(), 8);
@@ -396,17 +290,10 @@ async fn post_otp_publishes_and_validates() {
     .await;
     assert!(status.is_some(), "status becomes sent");
 
-    let (status, body) = env
-        .post("/v1/otp", json!({"request_id": "http-2", "phone": "12345"}))
-        .await;
+    let (status, body) = env.post("/v1/otp", json!({"request_id": "http-2", "phone": "12345"})).await;
     assert_eq!(status, 400);
     assert_eq!(body["reason"], "invalid_phone");
-    let (status, _) = env
-        .post(
-            "/v1/otp",
-            json!({"request_id": "http-3", "phone": PHONE, "extra": 1}),
-        )
-        .await;
+    let (status, _) = env.post("/v1/otp", json!({"request_id": "http-3", "phone": PHONE, "extra": 1})).await;
     assert_eq!(status, 400, "unknown fields are refused");
     let r = env
         .http
@@ -420,9 +307,7 @@ async fn post_otp_publishes_and_validates() {
     assert_eq!(r.status(), 400);
     assert!(r.json::<serde_json::Value>().await.unwrap()["error"].is_string());
     let huge = "x".repeat(64 * 1024);
-    let (status, _) = env
-        .post("/v1/verify", json!({"phone": PHONE, "code": huge}))
-        .await;
+    let (status, _) = env.post("/v1/verify", json!({"phone": PHONE, "code": huge})).await;
     assert_eq!(status, 413);
     let (status, body) = env.verify("not-a-phone", "123456").await;
     assert_eq!(status, 400);
@@ -437,15 +322,7 @@ async fn metrics_follow_the_traffic() {
     env.publish(&env.request("m-1")).await;
     let code = env.code_for("m-1").await;
     env.verify(PHONE, &code).await;
-    let text = env
-        .http
-        .get(env.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = env.http.get(env.url("/metrics")).send().await.unwrap().text().await.unwrap();
     for name in [
         "otp_requests_total{outcome=\"accepted\"}",
         "otp_codes_issued_total",
@@ -466,21 +343,12 @@ async fn metrics_follow_the_traffic() {
 /// restart or a network cut would.
 fn kill_connections(prefix: &str) -> usize {
     let list = std::process::Command::new("rabbitmqctl")
-        .args([
-            "list_connections",
-            "pid",
-            "client_properties",
-            "--quiet",
-            "--no-table-headers",
-        ])
+        .args(["list_connections", "pid", "client_properties", "--quiet", "--no-table-headers"])
         .output()
         .expect("rabbitmqctl runs (it ships with RabbitMQ)");
     let text = String::from_utf8_lossy(&list.stdout);
-    let pids: Vec<&str> = text
-        .lines()
-        .filter(|l| l.contains(prefix))
-        .filter_map(|l| l.split_whitespace().next())
-        .collect();
+    let pids: Vec<&str> =
+        text.lines().filter(|l| l.contains(prefix)).filter_map(|l| l.split_whitespace().next()).collect();
     for pid in &pids {
         std::process::Command::new("rabbitmqctl")
             .args(["close_connection", pid, "test: connection killed"])
@@ -496,20 +364,9 @@ async fn workers_recover_when_the_broker_drops_their_connections() {
     env.publish(&env.request("before-cut")).await;
     let first = env.code_for("before-cut").await;
 
-    assert!(
-        kill_connections(&env.prefix) >= 2,
-        "the generator's and the sender's connections were found"
-    );
+    assert!(kill_connections(&env.prefix) >= 2, "the generator's and the sender's connections were found");
     let ready = common::eventually(|| async {
-        let metrics = env
-            .http
-            .get(env.url("/metrics"))
-            .send()
-            .await
-            .ok()?
-            .text()
-            .await
-            .ok()?;
+        let metrics = env.http.get(env.url("/metrics")).send().await.ok()?.text().await.ok()?;
         let ready = env.http.get(env.url("/readyz")).send().await.ok()?.status() == 200;
         (ready && metrics.contains("otp_broker_reconnects_total")).then_some(())
     })
@@ -517,14 +374,7 @@ async fn workers_recover_when_the_broker_drops_their_connections() {
     assert!(ready.is_some(), "ready again, with the reconnect counted");
 
     let reply = common::eventually(|| async {
-        client_publish(
-            &env,
-            &RawRequest {
-                phone: "+14155550166".into(),
-                ..env.request("after-cut")
-            },
-        )
-        .await
+        client_publish(&env, &RawRequest { phone: "+14155550166".into(), ..env.request("after-cut") }).await
     })
     .await
     .expect("requests flow again");
@@ -535,10 +385,7 @@ async fn workers_recover_when_the_broker_drops_their_connections() {
     env.teardown().await;
 }
 
-async fn client_publish(
-    env: &TestEnv,
-    request: &RawRequest,
-) -> Option<otp_pipeline::domain::Reply> {
+async fn client_publish(env: &TestEnv, request: &RawRequest) -> Option<otp_pipeline::domain::Reply> {
     otp_pipeline::client::publish(
         &env.config.broker.url,
         &env.topology,
@@ -557,36 +404,19 @@ async fn a_canceled_code_answers_404() {
     env.publish(&env.request("cancel-1")).await;
     let code = env.code_for("cancel-1").await;
     let delete = |id: &'static str| {
-        let request = env
-            .http
-            .delete(env.url(&format!("/v1/otp/{id}")))
-            .bearer_auth(API_KEY);
+        let request = env.http.delete(env.url(&format!("/v1/otp/{id}"))).bearer_auth(API_KEY);
         async move {
             let r = request.send().await.unwrap();
-            (
-                r.status().as_u16(),
-                r.json::<serde_json::Value>().await.unwrap(),
-            )
+            (r.status().as_u16(), r.json::<serde_json::Value>().await.unwrap())
         }
     };
-    assert_eq!(
-        delete("cancel-1").await,
-        (200, json!({"status": "canceled"}))
-    );
+    assert_eq!(delete("cancel-1").await, (200, json!({"status": "canceled"})));
     assert_eq!(env.verify(PHONE, &code).await.0, 404);
-    assert_eq!(
-        delete("cancel-1").await,
-        (409, json!({"status": "canceled"}))
-    );
+    assert_eq!(delete("cancel-1").await, (409, json!({"status": "canceled"})));
     assert_eq!(delete("unknown").await.0, 404);
     events.expect("canceled", "cancel-1").await;
     assert_eq!(env.get("/v1/otp/cancel-1").await.1["status"], "canceled");
-    let unauthenticated = env
-        .http
-        .delete(env.url("/v1/otp/cancel-1"))
-        .send()
-        .await
-        .unwrap();
+    let unauthenticated = env.http.delete(env.url("/v1/otp/cancel-1")).send().await.unwrap();
     assert_eq!(unauthenticated.status(), 401);
     env.teardown().await;
 }
@@ -601,31 +431,9 @@ async fn each_api_key_has_a_request_rate() {
     for _ in 0..3 {
         assert_eq!(env.get("/v1/otp/none").await.0, 404);
     }
-    let r = env
-        .http
-        .get(env.url("/v1/otp/none"))
-        .bearer_auth(API_KEY)
-        .send()
-        .await
-        .unwrap();
+    let r = env.http.get(env.url("/v1/otp/none")).bearer_auth(API_KEY).send().await.unwrap();
     assert_eq!(r.status(), 429);
-    assert!(
-        r.headers()["retry-after"]
-            .to_str()
-            .unwrap()
-            .parse::<u64>()
-            .unwrap()
-            >= 1
-    );
-    assert_eq!(
-        env.http
-            .get(env.url("/healthz"))
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        200,
-        "ops routes are not limited"
-    );
+    assert!(r.headers()["retry-after"].to_str().unwrap().parse::<u64>().unwrap() >= 1);
+    assert_eq!(env.http.get(env.url("/healthz")).send().await.unwrap().status(), 200, "ops routes are not limited");
     env.teardown().await;
 }

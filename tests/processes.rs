@@ -24,10 +24,7 @@ struct Process {
 impl Process {
     fn spawn(command: &str, env: &[(&str, String)]) -> Self {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_otp-pipeline"));
-        cmd.arg(command)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .env("RUST_LOG", "info");
+        cmd.arg(command).stdout(Stdio::piped()).stderr(Stdio::piped()).env("RUST_LOG", "info");
         for (k, v) in env {
             cmd.env(k, v);
         }
@@ -48,48 +45,35 @@ impl Process {
     }
 
     async fn wait_for_line(&self, needle: &str) -> String {
-        common::eventually(|| async {
-            self.log
-                .lock()
-                .unwrap()
-                .iter()
-                .find(|l| l.contains(needle))
-                .cloned()
-        })
-        .await
-        .unwrap_or_else(|| {
-            panic!(
-                "no log line with {needle:?}; log: {:#?}",
-                self.log.lock().unwrap()
-            )
-        })
+        common::eventually(|| async { self.log.lock().unwrap().iter().find(|l| l.contains(needle)).cloned() })
+            .await
+            .unwrap_or_else(|| panic!("no log line with {needle:?}; log: {:#?}", self.log.lock().unwrap()))
     }
 
     fn terminate(mut self) -> Vec<String> {
-        Command::new("kill")
-            .arg("-TERM")
-            .arg(self.child.id().to_string())
-            .status()
-            .unwrap();
+        Command::new("kill").arg("-TERM").arg(self.child.id().to_string()).status().unwrap();
         let status = self.child.wait().unwrap();
-        assert!(
-            status.success(),
-            "exit status {status}; log: {:#?}",
-            self.log.lock().unwrap()
-        );
+        assert!(status.success(), "exit status {status}; log: {:#?}", self.log.lock().unwrap());
         std::thread::sleep(Duration::from_millis(50));
         self.log.lock().unwrap().clone()
     }
+}
+
+fn files_under(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .flat_map(|e| {
+            let path = e.unwrap().path();
+            if path.is_dir() { files_under(&path) } else { vec![path] }
+        })
+        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn separate_generator_and_sender_processes() {
     require_rabbitmq().await;
     let carrier = MockServer::start().await;
-    Mock::given(method("POST"))
-        .respond_with(ResponseTemplate::new(200))
-        .mount(&carrier)
-        .await;
+    Mock::given(method("POST")).respond_with(ResponseTemplate::new(200)).mount(&carrier).await;
     let dir = tempfile::tempdir().unwrap();
     let prefix = format!("p-{}.", &uuid::Uuid::new_v4().simple().to_string()[..12]);
     let env = [
@@ -101,10 +85,7 @@ async fn separate_generator_and_sender_processes() {
         ("OTP_HTTP__API_KEYS", format!("[{API_KEY}]")),
         ("OTP_SENDER__LISTEN", "127.0.0.1:0".into()),
         ("OTP_ROUTING__DEFAULT", "[webhook]".into()),
-        (
-            "OTP_CARRIERS__WEBHOOK__URL",
-            format!("{}/sms", carrier.uri()),
-        ),
+        ("OTP_CARRIERS__WEBHOOK__URL", format!("{}/sms", carrier.uri())),
     ];
     let generator = Process::spawn("generator", &env);
     let line = generator.wait_for_line("HTTP API on http://").await;
@@ -112,33 +93,17 @@ async fn separate_generator_and_sender_processes() {
     generator.wait_for_line("connected to RabbitMQ").await;
     let sender = Process::spawn("sender", &env);
     let line = sender.wait_for_line("metrics on http://").await;
-    let sender_metrics = line[line.find("http://").unwrap()..]
-        .trim()
-        .trim_end_matches("/metrics")
-        .to_owned();
+    let sender_metrics = line[line.find("http://").unwrap()..].trim().trim_end_matches("/metrics").to_owned();
     sender.wait_for_line("connected to RabbitMQ").await;
 
     let topology = Topology::new(&prefix, None);
-    let request = RawRequest {
-        request_id: "proc-1".into(),
-        phone: PHONE.into(),
-        ..Default::default()
-    };
-    let reply = client::publish(
-        &amqp_url(),
-        &topology,
-        &request,
-        Some(Duration::from_secs(15)),
-    )
-    .await
-    .unwrap()
-    .unwrap();
+    let request = RawRequest { request_id: "proc-1".into(), phone: PHONE.into(), ..Default::default() };
+    let reply =
+        client::publish(&amqp_url(), &topology, &request, Some(Duration::from_secs(15))).await.unwrap().unwrap();
     assert_eq!(reply.status, ReplyStatus::Accepted);
-    let posts = common::eventually(|| async {
-        carrier.received_requests().await.filter(|r| !r.is_empty())
-    })
-    .await
-    .expect("an SMS");
+    let posts = common::eventually(|| async { carrier.received_requests().await.filter(|r| !r.is_empty()) })
+        .await
+        .expect("an SMS");
     let sms: serde_json::Value = serde_json::from_slice(&posts[0].body).unwrap();
     let code = code_in(sms["text"].as_str().unwrap());
 
@@ -151,45 +116,23 @@ async fn separate_generator_and_sender_processes() {
         .await
         .unwrap();
     assert_eq!(verify.status(), 200);
-    let metrics = http
-        .get(format!("{sender_metrics}/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    assert!(
-        metrics.contains("otp_deliveries_total{carrier=\"webhook\",outcome=\"sent\"} 1"),
-        "{metrics}"
-    );
-    assert_eq!(
-        http.get(format!("{sender_metrics}/readyz"))
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        200
-    );
+    let metrics = http.get(format!("{sender_metrics}/metrics")).send().await.unwrap().text().await.unwrap();
+    assert!(metrics.contains("otp_deliveries_total{carrier=\"webhook\",outcome=\"sent\"} 1"), "{metrics}");
+    assert_eq!(http.get(format!("{sender_metrics}/readyz")).send().await.unwrap().status(), 200);
 
     let mut logs = sender.terminate();
     logs.extend(generator.terminate());
-    assert!(
-        logs.iter()
-            .any(|l| l.contains("generator stopped; store flushed")),
-        "graceful shutdown"
-    );
+    assert!(logs.iter().any(|l| l.contains("generator stopped; store flushed")), "graceful shutdown");
     for line in &logs {
         assert!(!line.contains(&code), "a log line shows the code: {line}");
-        assert!(
-            !line.contains("4155550123"),
-            "a log line shows the full number: {line}"
-        );
+        assert!(!line.contains("4155550123"), "a log line shows the full number: {line}");
     }
-    assert!(
-        logs.iter().any(|l| l.contains("+1415*****23")),
-        "numbers are logged masked"
-    );
+    assert!(logs.iter().any(|l| l.contains("+1415*****23")), "numbers are logged masked");
+    // At rest: no file the generator wrote holds the code in clear.
+    for file in files_under(dir.path()) {
+        let bytes = std::fs::read(&file).unwrap();
+        assert!(!bytes.windows(code.len()).any(|w| w == code.as_bytes()), "{} holds the code", file.display());
+    }
     common::delete_topology(&topology).await;
 }
 
@@ -209,12 +152,7 @@ async fn sighup_reloads_the_api_keys_without_a_restart() {
     let line = generator.wait_for_line("HTTP API on http://").await;
     let base = line[line.find("http://").unwrap()..].trim().to_owned();
     let keys_file = dir.path().join("api_keys");
-    let first = std::fs::read_to_string(&keys_file)
-        .unwrap()
-        .lines()
-        .find(|l| !l.starts_with('#'))
-        .unwrap()
-        .to_owned();
+    let first = std::fs::read_to_string(&keys_file).unwrap().lines().find(|l| !l.starts_with('#')).unwrap().to_owned();
     let http = reqwest::Client::new();
     let status = |key: String| {
         let request = http.get(format!("{base}/v1/otp/none")).bearer_auth(key);
@@ -224,13 +162,8 @@ async fn sighup_reloads_the_api_keys_without_a_restart() {
 
     let second = "rotated-key-0123456789abcdef".to_owned();
     std::fs::write(&keys_file, format!("{second}\n")).unwrap();
-    Command::new("kill")
-        .arg("-HUP")
-        .arg(generator.child.id().to_string())
-        .status()
-        .unwrap();
-    let reloaded =
-        common::eventually(|| async { (status(second.clone()).await == 404).then_some(()) }).await;
+    Command::new("kill").arg("-HUP").arg(generator.child.id().to_string()).status().unwrap();
+    let reloaded = common::eventually(|| async { (status(second.clone()).await == 404).then_some(()) }).await;
     assert!(reloaded.is_some(), "the new key works after SIGHUP");
     assert_eq!(status(first).await, 401, "the old key no longer does");
     generator.wait_for_line("API keys reloaded").await;

@@ -5,9 +5,7 @@
 mod common;
 
 use common::{API_KEY, PHONE, TestEnv, code_in, eventually};
-use otp_pipeline::config::{
-    CarrierLimits, Config, Msg91Config, RouteEntry, TwilioConfig, VonageConfig,
-};
+use otp_pipeline::config::{CarrierLimits, Config, Msg91Config, RouteEntry, TwilioConfig, VonageConfig};
 use otp_pipeline::domain::RawRequest;
 use otp_pipeline::fake_carrier::{FakeCarrier, FakeCarrierConfig, Outage};
 use serde_json::json;
@@ -56,13 +54,7 @@ fn msg91(base_url: &str, receipt_token: Option<&str>) -> Msg91Config {
 }
 
 fn route(entries: &[(&str, u32)]) -> Vec<RouteEntry> {
-    entries
-        .iter()
-        .map(|(c, w)| RouteEntry::Weighted {
-            carrier: (*c).into(),
-            weight: *w,
-        })
-        .collect()
+    entries.iter().map(|(c, w)| RouteEntry::Weighted { carrier: (*c).into(), weight: *w }).collect()
 }
 
 /// Twilio first, Vonage as failover, both on `base_url`.
@@ -73,41 +65,25 @@ fn two_carriers(config: &mut Config, base_url: &str, sender_url: &str) {
 }
 
 async fn fake(config: FakeCarrierConfig) -> FakeCarrier {
-    FakeCarrier::start("127.0.0.1:0".parse().unwrap(), config)
-        .await
-        .unwrap()
+    FakeCarrier::start("127.0.0.1:0".parse().unwrap(), config).await.unwrap()
 }
 
 fn accepted_by(fake: &FakeCarrier, carrier: &str) -> Vec<otp_pipeline::fake_carrier::ReceivedSms> {
-    fake.messages()
-        .into_iter()
-        .filter(|m| m.carrier == carrier && m.accepted)
-        .collect()
+    fake.messages().into_iter().filter(|m| m.carrier == carrier && m.accepted).collect()
 }
 
 fn attempts_on(fake: &FakeCarrier, carrier: &str) -> usize {
-    fake.messages()
-        .iter()
-        .filter(|m| m.carrier == carrier)
-        .count()
+    fake.messages().iter().filter(|m| m.carrier == carrier).count()
 }
 
 fn request(id: &str, i: usize) -> RawRequest {
-    RawRequest {
-        request_id: id.into(),
-        phone: format!("+1415555{:04}", 1000 + i),
-        ..Default::default()
-    }
+    RawRequest { request_id: id.into(), phone: format!("+1415555{:04}", 1000 + i), ..Default::default() }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn primary_down_every_code_is_delivered_by_the_second_and_the_breaker_skips_it() {
     let carrier = fake(FakeCarrierConfig {
-        outages: vec![Outage {
-            carrier: Some("twilio".into()),
-            start_ms: 0,
-            end_ms: 3_600_000,
-        }],
+        outages: vec![Outage { carrier: Some("twilio".into()), start_ms: 0, end_ms: 3_600_000 }],
         receipts: false,
         ..Default::default()
     })
@@ -125,10 +101,7 @@ async fn primary_down_every_code_is_delivered_by_the_second_and_the_breaker_skip
         .await
         .expect("first SMS via vonage");
     let twilio_tries = attempts_on(&carrier, "twilio");
-    assert_eq!(
-        twilio_tries, 3,
-        "three failures open the circuit, then failover"
-    );
+    assert_eq!(twilio_tries, 3, "three failures open the circuit, then failover");
 
     for i in 1..20 {
         env.publish(&request(&format!("down-{i}"), i)).await;
@@ -139,28 +112,13 @@ async fn primary_down_every_code_is_delivered_by_the_second_and_the_breaker_skip
     })
     .await
     .expect("all 20 delivered by vonage");
-    assert_eq!(
-        attempts_on(&carrier, "twilio"),
-        twilio_tries,
-        "the open circuit keeps twilio out"
-    );
+    assert_eq!(attempts_on(&carrier, "twilio"), twilio_tries, "the open circuit keeps twilio out");
     for sms in delivered.iter().take(3) {
         let code = code_in(sms.text.as_deref().unwrap());
         assert_eq!(env.verify(&sms.to, &code).await.0, 200);
     }
-    let metrics = env
-        .http
-        .get(env.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    assert!(
-        metrics.contains("otp_failovers_total"),
-        "failovers are counted"
-    );
+    let metrics = env.http.get(env.url("/metrics")).send().await.unwrap().text().await.unwrap();
+    assert!(metrics.contains("otp_failovers_total"), "failovers are counted");
     env.teardown().await;
     carrier.shutdown().await;
 }
@@ -168,11 +126,7 @@ async fn primary_down_every_code_is_delivered_by_the_second_and_the_breaker_skip
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_breaker_opens_and_later_closes() {
     let outage = FakeCarrierConfig {
-        outages: vec![Outage {
-            carrier: Some("twilio".into()),
-            start_ms: 0,
-            end_ms: 3_600_000,
-        }],
+        outages: vec![Outage { carrier: Some("twilio".into()), start_ms: 0, end_ms: 3_600_000 }],
         receipts: false,
         ..Default::default()
     };
@@ -186,13 +140,8 @@ async fn the_breaker_opens_and_later_closes() {
     })
     .await;
     env.publish(&request("b-1", 1)).await;
-    eventually(|| async { (accepted_by(&carrier, "vonage").len() == 1).then_some(()) })
-        .await
-        .expect("failover");
-    carrier.set_config(FakeCarrierConfig {
-        receipts: false,
-        ..Default::default()
-    });
+    eventually(|| async { (accepted_by(&carrier, "vonage").len() == 1).then_some(()) }).await.expect("failover");
+    carrier.set_config(FakeCarrierConfig { receipts: false, ..Default::default() });
     tokio::time::sleep(Duration::from_millis(400)).await; // past the cool-down
     env.publish(&request("b-2", 2)).await;
     eventually(|| async { (accepted_by(&carrier, "twilio").len() == 1).then_some(()) })
@@ -221,9 +170,10 @@ async fn a_429_with_retry_after_is_honoured() {
         .mount(&server)
         .await;
     Mock::given(method("POST"))
-        .respond_with(ResponseTemplate::new(201).set_body_json(
-            json!({"sid": "SM0123456789abcdef0123456789abcdef", "status": "queued"}),
-        ))
+        .respond_with(
+            ResponseTemplate::new(201)
+                .set_body_json(json!({"sid": "SM0123456789abcdef0123456789abcdef", "status": "queued"})),
+        )
         .mount(&server)
         .await;
     let base = server.uri();
@@ -234,32 +184,21 @@ async fn a_429_with_retry_after_is_honoured() {
     .await;
     let mut events = env.event_tap().await;
     env.publish(&env.request("throttled-1")).await;
-    let first = eventually(|| async {
-        server
-            .received_requests()
+    let first =
+        eventually(|| async { server.received_requests().await.filter(|r| !r.is_empty()).map(|_| Instant::now()) })
             .await
-            .filter(|r| !r.is_empty())
-            .map(|_| Instant::now())
-    })
-    .await
-    .unwrap();
+            .unwrap();
     events.expect("sent", "throttled-1").await;
     let waited = first.elapsed();
     assert_eq!(server.received_requests().await.unwrap().len(), 2);
-    assert!(
-        waited >= Duration::from_millis(900),
-        "the retry waited for Retry-After (waited {waited:?})"
-    );
+    assert!(waited >= Duration::from_millis(900), "the retry waited for Retry-After (waited {waited:?})");
     env.teardown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_code_whose_ttl_runs_out_during_retries_is_not_delivered() {
     let server = MockServer::start().await;
-    Mock::given(method("POST"))
-        .respond_with(ResponseTemplate::new(503))
-        .mount(&server)
-        .await;
+    Mock::given(method("POST")).respond_with(ResponseTemplate::new(503)).mount(&server).await;
     let base = server.uri();
     let env = TestEnv::start_with(|c, sender| {
         c.carriers.twilio = Some(twilio(&base, sender));
@@ -271,28 +210,18 @@ async fn a_code_whose_ttl_runs_out_during_retries_is_not_delivered() {
     .await;
     let mut events = env.event_tap().await;
     env.publish(&env.request("ttl-1")).await;
-    eventually(|| async { server.received_requests().await.filter(|r| !r.is_empty()) })
-        .await
-        .expect("a first attempt");
+    eventually(|| async { server.received_requests().await.filter(|r| !r.is_empty()) }).await.expect("a first attempt");
     env.sender_clock.advance(time::Duration::minutes(10));
     let seen = server.received_requests().await.unwrap().len();
     let failed = events.expect("failed", "ttl-1").await;
     assert_eq!(failed.error.as_deref(), Some("expired"));
-    assert!(
-        server.received_requests().await.unwrap().len() <= seen,
-        "no attempt after expiry"
-    );
+    assert!(server.received_requests().await.unwrap().len() <= seen, "no attempt after expiry");
     env.teardown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_carrier_accepting_fails_and_dead_letters() {
-    let carrier = fake(FakeCarrierConfig {
-        error_rate: 1.0,
-        receipts: false,
-        ..Default::default()
-    })
-    .await;
+    let carrier = fake(FakeCarrierConfig { error_rate: 1.0, receipts: false, ..Default::default() }).await;
     let base = carrier.base_url();
     let env = TestEnv::start_with(|c, sender| {
         two_carriers(c, &base, sender);
@@ -302,11 +231,7 @@ async fn no_carrier_accepting_fails_and_dead_letters() {
     let mut events = env.event_tap().await;
     env.publish(&env.request("nobody-1")).await;
     let failed = events.expect("failed", "nobody-1").await;
-    assert_eq!(
-        failed.carrier.as_deref(),
-        Some("vonage"),
-        "the last carrier tried"
-    );
+    assert_eq!(failed.carrier.as_deref(), Some("vonage"), "the last carrier tried");
     let dead = eventually(|| async {
         let d = env.dead_letters().await;
         (!d.is_empty()).then_some(d)
@@ -322,40 +247,24 @@ async fn no_carrier_accepting_fails_and_dead_letters() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn country_routes_pick_the_carrier() {
-    let carrier = fake(FakeCarrierConfig {
-        receipts: false,
-        ..Default::default()
-    })
-    .await;
+    let carrier = fake(FakeCarrierConfig { receipts: false, ..Default::default() }).await;
     let base = carrier.base_url();
     let env = TestEnv::start_with(|c, sender| {
         two_carriers(c, &base, sender);
         c.carriers.msg91 = Some(msg91(&base, None));
-        c.routing
-            .countries
-            .insert("91".into(), route(&[("msg91", 1), ("twilio", 0)]));
+        c.routing.countries.insert("91".into(), route(&[("msg91", 1), ("twilio", 0)]));
     })
     .await;
-    env.publish(&RawRequest {
-        phone: "+919876543210".into(),
-        ..env.request("in-1")
-    })
-    .await;
+    env.publish(&RawRequest { phone: "+919876543210".into(), ..env.request("in-1") }).await;
     env.publish(&env.request("us-1")).await;
     let (india, us) = eventually(|| async {
-        let (m, t) = (
-            accepted_by(&carrier, "msg91"),
-            accepted_by(&carrier, "twilio"),
-        );
+        let (m, t) = (accepted_by(&carrier, "msg91"), accepted_by(&carrier, "twilio"));
         (m.len() == 1 && t.len() == 1).then_some((m, t))
     })
     .await
     .expect("one SMS each");
     assert_eq!(india[0].to, "+919876543210");
-    let code = india[0]
-        .code
-        .clone()
-        .expect("msg91 carries the code as a template variable");
+    let code = india[0].code.clone().expect("msg91 carries the code as a template variable");
     assert_eq!(env.verify("+919876543210", &code).await.0, 200);
     assert_eq!(us[0].to, PHONE);
     env.teardown().await;
@@ -364,47 +273,27 @@ async fn country_routes_pick_the_carrier() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rate_limit_spaces_the_sends() {
-    let carrier = fake(FakeCarrierConfig {
-        receipts: false,
-        ..Default::default()
-    })
-    .await;
+    let carrier = fake(FakeCarrierConfig { receipts: false, ..Default::default() }).await;
     let base = carrier.base_url();
     let env = TestEnv::start_with(|c, sender| {
         c.carriers.twilio = Some(twilio(&base, sender));
         c.routing.default = route(&[("twilio", 1)]);
-        c.sender.limits.insert(
-            "twilio".into(),
-            CarrierLimits {
-                concurrency: 4,
-                rate_per_sec: 5,
-                burst: 1,
-            },
-        );
+        c.sender.limits.insert("twilio".into(), CarrierLimits { concurrency: 4, rate_per_sec: 5, burst: 1 });
     })
     .await;
     let started = Instant::now();
     for i in 0..6 {
         env.publish(&request(&format!("rate-{i}"), i)).await;
     }
-    eventually(|| async { (accepted_by(&carrier, "twilio").len() == 6).then_some(()) })
-        .await
-        .expect("all sent");
-    assert!(
-        started.elapsed() >= Duration::from_millis(950),
-        "6 sends at 5/s need at least a second"
-    );
+    eventually(|| async { (accepted_by(&carrier, "twilio").len() == 6).then_some(()) }).await.expect("all sent");
+    assert!(started.elapsed() >= Duration::from_millis(950), "6 sends at 5/s need at least a second");
     env.teardown().await;
     carrier.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn signed_twilio_receipts_mark_delivered_and_forged_ones_are_refused() {
-    let carrier = fake(FakeCarrierConfig {
-        twilio_auth_token: Some(TWILIO_TOKEN.into()),
-        ..Default::default()
-    })
-    .await;
+    let carrier = fake(FakeCarrierConfig { twilio_auth_token: Some(TWILIO_TOKEN.into()), ..Default::default() }).await;
     let base = carrier.base_url();
     let env = TestEnv::start_with(|c, sender| {
         c.carriers.twilio = Some(twilio(&base, sender));
@@ -420,37 +309,17 @@ async fn signed_twilio_receipts_mark_delivered_and_forged_ones_are_refused() {
     assert_eq!(body["status"], "delivered");
 
     let url = format!("{}/receipts/twilio", env.sender_url);
-    let form = [
-        ("MessageSid", "SM00000000000000000000000000000000"),
-        ("MessageStatus", "delivered"),
-    ];
+    let form = [("MessageSid", "SM00000000000000000000000000000000"), ("MessageStatus", "delivered")];
     for signature in [None, Some("bm90IGEgc2lnbmF0dXJl")] {
         let mut post = env.http.post(&url).form(&form);
         if let Some(s) = signature {
             post = post.header("X-Twilio-Signature", s);
         }
-        assert_eq!(
-            post.send().await.unwrap().status(),
-            403,
-            "forged: {signature:?}"
-        );
+        assert_eq!(post.send().await.unwrap().status(), 403, "forged: {signature:?}");
     }
-    let metrics = env
-        .http
-        .get(format!("{}/metrics", env.sender_url))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    assert!(
-        metrics.contains("otp_delivery_receipts_total{carrier=\"twilio\",status=\"forbidden\"}"),
-        "{metrics}"
-    );
-    assert!(
-        metrics.contains("otp_delivery_receipts_total{carrier=\"twilio\",status=\"delivered\"}")
-    );
+    let metrics = env.http.get(format!("{}/metrics", env.sender_url)).send().await.unwrap().text().await.unwrap();
+    assert!(metrics.contains("otp_delivery_receipts_total{carrier=\"twilio\",status=\"forbidden\"}"), "{metrics}");
+    assert!(metrics.contains("otp_delivery_receipts_total{carrier=\"twilio\",status=\"delivered\"}"));
     let _ = API_KEY;
     env.teardown().await;
     carrier.shutdown().await;
@@ -464,49 +333,24 @@ async fn vonage_and_msg91_receipts_need_their_token() {
         two_carriers(c, &base, sender);
         c.routing.default = route(&[("vonage", 1)]);
         c.carriers.msg91 = Some(msg91(&base, Some("msg91-token")));
-        c.routing
-            .countries
-            .insert("91".into(), route(&[("msg91", 1)]));
+        c.routing.countries.insert("91".into(), route(&[("msg91", 1)]));
     })
     .await;
     carrier.set_config(FakeCarrierConfig {
-        msg91_dlr_url: Some(format!(
-            "{}/receipts/msg91?token=msg91-token",
-            env.sender_url
-        )),
+        msg91_dlr_url: Some(format!("{}/receipts/msg91?token=msg91-token", env.sender_url)),
         ..Default::default()
     });
     let mut events = env.event_tap().await;
     env.publish(&env.request("v-1")).await;
-    env.publish(&RawRequest {
-        phone: "+919876543210".into(),
-        ..env.request("m-1")
-    })
-    .await;
-    assert_eq!(
-        events.expect("delivered", "v-1").await.carrier.as_deref(),
-        Some("vonage")
-    );
-    assert_eq!(
-        events.expect("delivered", "m-1").await.carrier.as_deref(),
-        Some("msg91")
-    );
+    env.publish(&RawRequest { phone: "+919876543210".into(), ..env.request("m-1") }).await;
+    assert_eq!(events.expect("delivered", "v-1").await.carrier.as_deref(), Some("vonage"));
+    assert_eq!(events.expect("delivered", "m-1").await.carrier.as_deref(), Some("msg91"));
 
     for url in [
-        format!(
-            "{}/receipts/vonage?messageId=x&status=delivered",
-            env.sender_url
-        ),
-        format!(
-            "{}/receipts/vonage?messageId=x&status=delivered&token=wrong",
-            env.sender_url
-        ),
+        format!("{}/receipts/vonage?messageId=x&status=delivered", env.sender_url),
+        format!("{}/receipts/vonage?messageId=x&status=delivered&token=wrong", env.sender_url),
     ] {
-        assert_eq!(
-            env.http.get(&url).send().await.unwrap().status(),
-            403,
-            "{url}"
-        );
+        assert_eq!(env.http.get(&url).send().await.unwrap().status(), 403, "{url}");
     }
     let forged = env
         .http

@@ -13,10 +13,7 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> anyhow::Result
     let generator = generator.merge_routes(sender.receipt_routes());
     generator.key_reloader(config_path).reload_on_sighup()?;
     crate::generator::announce(&generator);
-    eprintln!(
-        "Carriers: {} (console prints SMS below). Ctrl-C stops.",
-        sender.carriers()
-    );
+    eprintln!("Carriers: {} (console prints SMS below). Ctrl-C stops.", sender.carriers());
     let shutdown = shutdown_on_signals();
     let (g, s) = tokio::join!(generator.run(shutdown.clone()), sender.run(shutdown));
     g?;

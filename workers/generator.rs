@@ -21,10 +21,7 @@ pub fn announce(app: &GeneratorApp) {
     eprintln!("otp-pipeline HTTP API on http://{}", app.local_addr());
     let keys = app.data_dir().join("api_keys");
     match app.created_api_key() {
-        Some(key) => eprintln!(
-            "Created an API key (kept in {}):\n    {key}",
-            keys.display()
-        ),
+        Some(key) => eprintln!("Created an API key (kept in {}):\n    {key}", keys.display()),
         None => eprintln!("API keys: from configuration or {}", keys.display()),
     }
 }

@@ -35,9 +35,7 @@ pub struct Args {
 /// Publishes the request and prints the reply as JSON.
 pub async fn run(config: Config, args: Args) -> anyhow::Result<()> {
     let request = RawRequest {
-        request_id: args
-            .request_id
-            .unwrap_or_else(|| format!("cli-{}", uuid::Uuid::new_v4())),
+        request_id: args.request_id.unwrap_or_else(|| format!("cli-{}", uuid::Uuid::new_v4())),
         phone: args.phone,
         template: args.template,
         locale: args.locale,
@@ -49,10 +47,7 @@ pub async fn run(config: Config, args: Args) -> anyhow::Result<()> {
     let wait = (args.wait > 0).then(|| Duration::from_secs(args.wait));
     match client::publish(&config.broker.url, &topology, &request, wait).await? {
         Some(reply) => println!("{}", serde_json::to_string(&reply)?),
-        None => println!(
-            "{}",
-            serde_json::json!({"request_id": request.request_id, "published": true})
-        ),
+        None => println!("{}", serde_json::json!({"request_id": request.request_id, "published": true})),
     }
     Ok(())
 }

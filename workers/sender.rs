@@ -9,10 +9,7 @@ use std::sync::Arc;
 pub async fn run(config: Config) -> anyhow::Result<()> {
     let app = SenderApp::build(&config, Arc::new(SystemClock), true).await?;
     if let Some(addr) = app.local_addr() {
-        eprintln!(
-            "otp-pipeline sender ({}), metrics on http://{addr}/metrics",
-            app.carriers()
-        );
+        eprintln!("otp-pipeline sender ({}), metrics on http://{addr}/metrics", app.carriers());
     }
     app.run(shutdown_on_signals()).await?;
     Ok(())

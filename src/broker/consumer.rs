@@ -29,11 +29,7 @@ impl From<&lapin::message::Delivery> for Inbound {
             body: d.data.clone(),
             routing_key: d.routing_key.to_string(),
             reply_to: d.properties.reply_to().as_ref().map(|s| s.to_string()),
-            correlation_id: d
-                .properties
-                .correlation_id()
-                .as_ref()
-                .map(|s| s.to_string()),
+            correlation_id: d.properties.correlation_id().as_ref().map(|s| s.to_string()),
             redelivered: d.redelivered,
         }
     }

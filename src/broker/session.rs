@@ -7,8 +7,8 @@ use crate::telemetry::names;
 use backon::BackoffBuilder;
 use futures_lite::StreamExt;
 use lapin::options::{
-    BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions,
-    BasicPublishOptions, BasicQosOptions, BasicRejectOptions, ConfirmSelectOptions,
+    BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicPublishOptions, BasicQosOptions,
+    BasicRejectOptions, ConfirmSelectOptions,
 };
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProperties};
@@ -42,9 +42,7 @@ pub struct Broker {
 
 /// Properties of every message we publish: JSON, persistent.
 pub fn json_properties() -> BasicProperties {
-    BasicProperties::default()
-        .with_content_type("application/json".into())
-        .with_delivery_mode(2)
+    BasicProperties::default().with_content_type("application/json".into()).with_delivery_mode(2)
 }
 
 impl Broker {
@@ -54,11 +52,7 @@ impl Broker {
         Arc::new(Self {
             url: config.url.clone(),
             // The prefix in the name tells tenants' connections apart in RabbitMQ's UI.
-            name: if config.prefix.is_empty() {
-                name.to_owned()
-            } else {
-                format!("{name} ({})", config.prefix)
-            },
+            name: if config.prefix.is_empty() { name.to_owned() } else { format!("{name} ({})", config.prefix) },
             prefetch: config.prefetch.max(1),
             topology: Topology::new(&config.prefix, config.queue_expires_ms),
             publisher: RwLock::new(None),
@@ -113,31 +107,13 @@ impl Broker {
         properties: BasicProperties,
         mandatory: bool,
     ) -> Result<(), BrokerError> {
-        let channel = self
-            .publisher
-            .read()
-            .expect("publisher lock")
-            .clone()
-            .ok_or(BrokerError::NotConnected)?;
-        let options = BasicPublishOptions {
-            mandatory,
-            ..Default::default()
-        };
-        let confirm = channel
-            .basic_publish(
-                exchange.into(),
-                routing_key.into(),
-                options,
-                body,
-                properties,
-            )
-            .await?
-            .await?;
+        let channel = self.publisher.read().expect("publisher lock").clone().ok_or(BrokerError::NotConnected)?;
+        let options = BasicPublishOptions { mandatory, ..Default::default() };
+        let confirm =
+            channel.basic_publish(exchange.into(), routing_key.into(), options, body, properties).await?.await?;
         match confirm {
             Confirmation::Ack(None) | Confirmation::NotRequested => Ok(()),
-            Confirmation::Ack(Some(_)) => {
-                Err(BrokerError::NotConfirmed("no queue is bound for it"))
-            }
+            Confirmation::Ack(Some(_)) => Err(BrokerError::NotConfirmed("no queue is bound for it")),
             Confirmation::Nack(_) => Err(BrokerError::NotConfirmed("nack")),
         }
     }
@@ -151,8 +127,7 @@ impl Broker {
         mandatory: bool,
     ) -> Result<(), BrokerError> {
         let body = serde_json::to_vec(value).expect("message types always serialize");
-        self.publish(exchange, routing_key, &body, json_properties(), mandatory)
-            .await
+        self.publish(exchange, routing_key, &body, json_properties(), mandatory).await
     }
 
     /// Publishes to the contract's exchange.
@@ -162,19 +137,15 @@ impl Broker {
         value: &T,
         mandatory: bool,
     ) -> Result<(), BrokerError> {
-        self.publish_json(&self.topology.exchange, routing_key, value, mandatory)
-            .await
+        self.publish_json(&self.topology.exchange, routing_key, value, mandatory).await
     }
 
     async fn open(&self) -> Result<Connection, BrokerError> {
-        let properties = ConnectionProperties::default()
-            .with_connection_name(self.name.as_str().into())
-            .enable_auto_recover();
+        let properties =
+            ConnectionProperties::default().with_connection_name(self.name.as_str().into()).enable_auto_recover();
         let connection = Connection::connect(&self.url, properties).await?;
         let publisher = connection.create_channel().await?;
-        publisher
-            .confirm_select(ConfirmSelectOptions::default())
-            .await?;
+        publisher.confirm_select(ConfirmSelectOptions::default()).await?;
         self.topology.declare(&publisher).await?;
         self.set_publisher(Some(publisher));
         Ok(connection)
@@ -183,11 +154,7 @@ impl Broker {
     /// Connects, runs `subscriptions` until `shutdown`, and rebuilds the
     /// connection whenever it is lost. On shutdown: stops consuming, lets
     /// in-flight messages finish and settle, then closes the connection.
-    pub async fn run(
-        self: Arc<Self>,
-        subscriptions: Vec<Subscription>,
-        shutdown: CancellationToken,
-    ) {
+    pub async fn run(self: Arc<Self>, subscriptions: Vec<Subscription>, shutdown: CancellationToken) {
         let backoff = || {
             backon::ExponentialBuilder::default()
                 .with_min_delay(Duration::from_millis(100))
@@ -225,10 +192,7 @@ impl Broker {
             delays = backoff();
             let watcher = tokio::spawn(self.clone().watch(connection.events_listener()));
             let tracker = TaskTracker::new();
-            let result = self
-                .clone()
-                .consume_all(&connection, &subscriptions, &tracker, &shutdown)
-                .await;
+            let result = self.clone().consume_all(&connection, &subscriptions, &tracker, &shutdown).await;
             // In-flight messages settle on this connection before it goes.
             tracker.close();
             tracker.wait().await;
@@ -245,10 +209,7 @@ impl Broker {
 
     /// Follows lapin's own recovery: readiness drops while the connection is
     /// down and each recovery counts as a reconnect.
-    async fn watch(
-        self: Arc<Self>,
-        mut events: impl futures_lite::Stream<Item = lapin::Event> + Unpin,
-    ) {
+    async fn watch(self: Arc<Self>, mut events: impl futures_lite::Stream<Item = lapin::Event> + Unpin) {
         while let Some(event) = events.next().await {
             match event {
                 lapin::Event::Connected => {
@@ -278,9 +239,7 @@ impl Broker {
         let mut loops = JoinSet::new();
         for sub in subscriptions {
             let channel = connection.create_channel().await?;
-            channel
-                .basic_qos(self.prefetch, BasicQosOptions::default())
-                .await?;
+            channel.basic_qos(self.prefetch, BasicQosOptions::default()).await?;
             let tag = format!("{}-{}", self.name, uuid::Uuid::new_v4());
             let consumer = channel
                 .basic_consume(
@@ -300,10 +259,7 @@ impl Broker {
             ));
         }
         // The first loop to end decides: shutdown (Ok) or a lost connection (Err).
-        let first = loops
-            .join_next()
-            .await
-            .map(|r| r.unwrap_or(Err(BrokerError::NotConnected)));
+        let first = loops.join_next().await.map(|r| r.unwrap_or(Err(BrokerError::NotConnected)));
         if first.as_ref().is_some_and(|r| r.is_err()) {
             loops.abort_all();
         }
@@ -354,12 +310,7 @@ impl Broker {
             Disposition::Ack => delivery.ack(BasicAckOptions::default()).await,
             Disposition::Retry { after } => {
                 tokio::time::sleep(after).await;
-                delivery
-                    .nack(BasicNackOptions {
-                        requeue: true,
-                        ..Default::default()
-                    })
-                    .await
+                delivery.nack(BasicNackOptions { requeue: true, ..Default::default() }).await
             }
             Disposition::DeadLetter { reason, error } => {
                 metrics::counter!(names::DEAD_LETTERS, "reason" => reason).increment(1);
@@ -373,22 +324,9 @@ impl Broker {
                     ShortString::from(Topology::REASON_HEADER),
                     AMQPValue::LongString(LongString::from(reason)),
                 );
-                let properties = delivery
-                    .properties
-                    .clone()
-                    .with_headers(headers)
-                    .with_delivery_mode(2);
+                let properties = delivery.properties.clone().with_headers(headers).with_delivery_mode(2);
                 let dlx = self.topology.dlx.clone();
-                match self
-                    .publish(
-                        &dlx,
-                        delivery.routing_key.as_str(),
-                        &delivery.data,
-                        properties,
-                        true,
-                    )
-                    .await
-                {
+                match self.publish(&dlx, delivery.routing_key.as_str(), &delivery.data, properties, true).await {
                     Ok(()) => delivery.ack(BasicAckOptions::default()).await,
                     Err(e) => {
                         // The queue's own dead-letter route still keeps it.
@@ -422,10 +360,7 @@ pub fn redact_url(url: &str) -> String {
 mod tests {
     #[test]
     fn passwords_are_redacted() {
-        assert_eq!(
-            super::redact_url("amqp://guest:secret@127.0.0.1:5672/%2f"),
-            "amqp://guest:***@127.0.0.1:5672/%2f"
-        );
+        assert_eq!(super::redact_url("amqp://guest:secret@127.0.0.1:5672/%2f"), "amqp://guest:***@127.0.0.1:5672/%2f");
         assert_eq!(super::redact_url("amqp://127.0.0.1"), "amqp://127.0.0.1");
     }
 }

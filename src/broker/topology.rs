@@ -55,10 +55,7 @@ impl Topology {
     fn queue_args(&self, dead_letter: bool) -> FieldTable {
         let mut args = FieldTable::default();
         if dead_letter {
-            args.insert(
-                ShortString::from("x-dead-letter-exchange"),
-                AMQPValue::LongString(self.dlx.as_str().into()),
-            );
+            args.insert(ShortString::from("x-dead-letter-exchange"), AMQPValue::LongString(self.dlx.as_str().into()));
         }
         if let Some(ms) = self.queue_expires_ms {
             args.insert(ShortString::from("x-expires"), AMQPValue::LongUInt(ms));
@@ -77,27 +74,17 @@ impl Topology {
         };
         for exchange in [&self.exchange, &self.dlx] {
             channel
-                .exchange_declare(
-                    exchange.as_str().into(),
-                    ExchangeKind::Topic,
-                    durable,
-                    FieldTable::default(),
-                )
+                .exchange_declare(exchange.as_str().into(), ExchangeKind::Topic, durable, FieldTable::default())
                 .await?;
         }
-        let queue = QueueDeclareOptions {
-            durable: true,
-            ..Default::default()
-        };
+        let queue = QueueDeclareOptions { durable: true, ..Default::default() };
         let work: [(&String, &String, &[&str]); 3] = [
             (&self.requests, &self.exchange, &[Self::REQUEST_KEY]),
             (&self.deliveries, &self.exchange, &[Self::DELIVERY_KEY]),
             (&self.status, &self.exchange, &Self::STATUS_KEYS),
         ];
         for (name, exchange, keys) in work {
-            channel
-                .queue_declare(name.as_str().into(), queue, self.queue_args(true))
-                .await?;
+            channel.queue_declare(name.as_str().into(), queue, self.queue_args(true)).await?;
             for key in keys {
                 channel
                     .queue_bind(
@@ -110,9 +97,7 @@ impl Topology {
                     .await?;
             }
         }
-        channel
-            .queue_declare(self.dead.as_str().into(), queue, self.queue_args(false))
-            .await?;
+        channel.queue_declare(self.dead.as_str().into(), queue, self.queue_args(false)).await?;
         channel
             .queue_bind(
                 self.dead.as_str().into(),
@@ -134,34 +119,15 @@ mod tests {
     fn default_names_are_the_contract() {
         let t = Topology::new("", None);
         assert_eq!(
-            [
-                t.exchange.as_str(),
-                &t.requests,
-                &t.deliveries,
-                &t.dlx,
-                &t.dead
-            ],
-            [
-                "otp",
-                "otp.requests",
-                "otp.deliveries",
-                "otp.dlx",
-                "otp.dead"
-            ]
+            [t.exchange.as_str(), &t.requests, &t.deliveries, &t.dlx, &t.dead],
+            ["otp", "otp.requests", "otp.deliveries", "otp.dlx", "otp.dead"]
         );
     }
 
     #[test]
     fn prefix_applies_to_every_name() {
         let t = Topology::new("t1.", None);
-        for n in [
-            &t.exchange,
-            &t.requests,
-            &t.deliveries,
-            &t.status,
-            &t.dlx,
-            &t.dead,
-        ] {
+        for n in [&t.exchange, &t.requests, &t.deliveries, &t.status, &t.dlx, &t.dead] {
             assert!(n.starts_with("t1.otp"), "{n}");
         }
     }

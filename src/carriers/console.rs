@@ -25,13 +25,8 @@ impl Carrier for Console {
             let mut out = std::io::stdout().lock();
             out.write_all(line.as_bytes())
                 .and_then(|()| out.flush())
-                .map_err(|e| CarrierError::Retryable {
-                    reason: format!("stdout: {e}"),
-                    retry_after: None,
-                })?;
-            Ok(Accepted {
-                carrier_message_id: Some(format!("console-{}", sms.delivery_id)),
-            })
+                .map_err(|e| CarrierError::Retryable { reason: format!("stdout: {e}"), retry_after: None })?;
+            Ok(Accepted { carrier_message_id: Some(format!("console-{}", sms.delivery_id)) })
         })
     }
 }

@@ -82,23 +82,11 @@ impl CarrierError {
     /// should a carrier echo the SMS text back.
     pub fn scrub(self, code: &str) -> Self {
         let clean = |reason: String| {
-            if code.is_empty() {
-                reason
-            } else {
-                reason.replace(code, "<code>")
-            }
+            if code.is_empty() { reason } else { reason.replace(code, "<code>") }
         };
         match self {
-            Self::Retryable {
-                reason,
-                retry_after,
-            } => Self::Retryable {
-                reason: clean(reason),
-                retry_after,
-            },
-            Self::Permanent { reason } => Self::Permanent {
-                reason: clean(reason),
-            },
+            Self::Retryable { reason, retry_after } => Self::Retryable { reason: clean(reason), retry_after },
+            Self::Permanent { reason } => Self::Permanent { reason: clean(reason) },
         }
     }
 
@@ -139,21 +127,9 @@ pub fn build(name: &str, config: &Config) -> Result<Arc<dyn Carrier>, CarrierCon
     Ok(match name {
         "console" => Arc::new(Console),
         "webhook" => Arc::new(Webhook::new(&c.webhook)?),
-        "twilio" => Arc::new(Twilio::new(
-            c.twilio
-                .as_ref()
-                .ok_or(CarrierConfigError::NotConfigured("twilio"))?,
-        )?),
-        "msg91" => Arc::new(Msg91::new(
-            c.msg91
-                .as_ref()
-                .ok_or(CarrierConfigError::NotConfigured("msg91"))?,
-        )?),
-        "vonage" => Arc::new(Vonage::new(
-            c.vonage
-                .as_ref()
-                .ok_or(CarrierConfigError::NotConfigured("vonage"))?,
-        )?),
+        "twilio" => Arc::new(Twilio::new(c.twilio.as_ref().ok_or(CarrierConfigError::NotConfigured("twilio"))?)?),
+        "msg91" => Arc::new(Msg91::new(c.msg91.as_ref().ok_or(CarrierConfigError::NotConfigured("msg91"))?)?),
+        "vonage" => Arc::new(Vonage::new(c.vonage.as_ref().ok_or(CarrierConfigError::NotConfigured("vonage"))?)?),
         other => return Err(CarrierConfigError::Unknown(other.to_owned())),
     })
 }
@@ -220,10 +196,7 @@ pub fn token_matches(presented: Option<&str>, expected: &str) -> bool {
 }
 
 /// The HTTP client every carrier uses: timeout, user agent, rustls.
-pub fn http_client(
-    name: &'static str,
-    timeout_ms: u64,
-) -> Result<reqwest::Client, CarrierConfigError> {
+pub fn http_client(name: &'static str, timeout_ms: u64) -> Result<reqwest::Client, CarrierConfigError> {
     reqwest::Client::builder()
         .timeout(Duration::from_millis(timeout_ms))
         .user_agent(concat!("otp-pipeline/", env!("CARGO_PKG_VERSION")))
@@ -249,30 +222,16 @@ pub async fn exchange(request: reqwest::RequestBuilder) -> Result<Reply, Carrier
     let status = response.status();
     let retry_after = retry_after(response.headers());
     let body = response.bytes().await.map_err(network_error)?.to_vec();
-    Ok(Reply {
-        status,
-        retry_after,
-        body,
-    })
+    Ok(Reply { status, retry_after, body })
 }
 
 /// A network failure (connect, timeout, reset): retryable, without the URL
 /// (it may carry credentials).
 pub fn network_error(e: reqwest::Error) -> CarrierError {
-    CarrierError::Retryable {
-        reason: format!("request failed: {}", e.without_url()),
-        retry_after: None,
-    }
+    CarrierError::Retryable { reason: format!("request failed: {}", e.without_url()), retry_after: None }
 }
 
 /// Parses a `Retry-After` header given in seconds (the form carriers use).
 pub fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
-    headers
-        .get(reqwest::header::RETRY_AFTER)?
-        .to_str()
-        .ok()?
-        .trim()
-        .parse::<u64>()
-        .ok()
-        .map(Duration::from_secs)
+    headers.get(reqwest::header::RETRY_AFTER)?.to_str().ok()?.trim().parse::<u64>().ok().map(Duration::from_secs)
 }

@@ -10,8 +10,8 @@
 use crate::broker::BoxFuture;
 use crate::carriers::util::short;
 use crate::carriers::{
-    Accepted, Carrier, CarrierConfigError, CarrierError, Receipt, ReceiptError, ReceiptStatus, Sms,
-    exchange, token_matches,
+    Accepted, Carrier, CarrierConfigError, CarrierError, Receipt, ReceiptError, ReceiptStatus, Sms, exchange,
+    token_matches,
 };
 use crate::config::Msg91Config;
 use crate::domain::phone::{mask, redact_numbers};
@@ -26,13 +26,7 @@ const DUPLICATE_CODE: &str = "311";
 const DUPLICATE_WINDOW: Duration = Duration::from_secs(10);
 
 /// Words of MSG91 error messages that mean "slow down" rather than "never".
-const THROTTLING: [&str; 5] = [
-    "too many",
-    "rate limit",
-    "throttl",
-    "try again",
-    "temporarily",
-];
+const THROTTLING: [&str; 5] = ["too many", "rate limit", "throttl", "try again", "temporarily"];
 
 /// Sends through MSG91's flow API.
 pub struct Msg91 {
@@ -69,9 +63,7 @@ impl Msg91 {
         }
         let code_variable = config.code_variable.trim();
         if code_variable.is_empty() || code_variable == "mobiles" {
-            return Err(invalid(
-                "code_variable must name the template's code variable (not `mobiles`)",
-            ));
+            return Err(invalid("code_variable must name the template's code variable (not `mobiles`)"));
         }
         if config.timeout_ms == 0 {
             return Err(invalid("timeout_ms must be positive"));
@@ -110,8 +102,7 @@ impl Carrier for Msg91 {
                     .body(body.to_string()),
             )
             .await?;
-            let accepted = classify(reply.status, &reply.body, reply.retry_after)
-                .map_err(|e| e.scrub(&sms.code))?;
+            let accepted = classify(reply.status, &reply.body, reply.retry_after).map_err(|e| e.scrub(&sms.code))?;
             tracing::debug!(
                 to = %mask(&sms.to),
                 request_id = accepted.carrier_message_id.as_deref().unwrap_or("-"),
@@ -126,19 +117,13 @@ impl Carrier for Msg91 {
 /// accepted (the request id becomes `carrier_message_id`);
 /// `{"type":"error","message":…,"code"?:…}`, HTTP 4xx/5xx and unreadable
 /// answers are classified as retryable or permanent.
-pub fn classify(
-    status: StatusCode,
-    body: &[u8],
-    retry_after: Option<Duration>,
-) -> Result<Accepted, CarrierError> {
+pub fn classify(status: StatusCode, body: &[u8], retry_after: Option<Duration>) -> Result<Accepted, CarrierError> {
     let answer: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
     let kind = text(&answer, "type").map(|t| t.to_ascii_lowercase());
     let message = text(&answer, "message");
     let code = text(&answer, "code");
     if status.is_success() && kind.as_deref() == Some("success") {
-        return Ok(Accepted {
-            carrier_message_id: message.filter(|m| !m.is_empty()),
-        });
+        return Ok(Accepted { carrier_message_id: message.filter(|m| !m.is_empty()) });
     }
     let reason = match (&code, &message) {
         (Some(code), Some(message)) => format!("msg91 {code}: {}", short(&redact_numbers(message))),
@@ -151,10 +136,7 @@ pub fn classify(
         THROTTLING.iter().any(|word| m.contains(word))
     });
     if code.as_deref() == Some(DUPLICATE_CODE) {
-        return Err(CarrierError::Retryable {
-            reason,
-            retry_after: retry_after.or(Some(DUPLICATE_WINDOW)),
-        });
+        return Err(CarrierError::Retryable { reason, retry_after: retry_after.or(Some(DUPLICATE_WINDOW)) });
     }
     let retryable = status == StatusCode::TOO_MANY_REQUESTS
         || status.is_server_error()
@@ -162,10 +144,7 @@ pub fn classify(
         // A 2xx we cannot read: the outcome is unknown, a retry at worst repeats the SMS.
         || (status.is_success() && kind.as_deref() != Some("error"));
     if retryable {
-        Err(CarrierError::Retryable {
-            reason,
-            retry_after,
-        })
+        Err(CarrierError::Retryable { reason, retry_after })
     } else {
         Err(CarrierError::Permanent { reason })
     }
@@ -181,16 +160,9 @@ pub fn classify(
 /// the new webhook's JSON (`{"requestId","status","failureReason",…}`), alone
 /// or in an array. Status `1` is delivered; `2` failed, `9` NDNC, `16`/`25`
 /// rejected and `17` blocked are undelivered; anything else is pending.
-pub fn receipts(
-    config: &Msg91Config,
-    token: Option<&str>,
-    body: &[u8],
-) -> Result<Vec<Receipt>, ReceiptError> {
-    let expected = config
-        .receipt_token
-        .as_deref()
-        .filter(|t| !t.is_empty())
-        .ok_or(ReceiptError::NotConfigured("msg91"))?;
+pub fn receipts(config: &Msg91Config, token: Option<&str>, body: &[u8]) -> Result<Vec<Receipt>, ReceiptError> {
+    let expected =
+        config.receipt_token.as_deref().filter(|t| !t.is_empty()).ok_or(ReceiptError::NotConfigured("msg91"))?;
     if !token_matches(token, expected) {
         return Err(ReceiptError::Forbidden("wrong or missing token".into()));
     }
@@ -200,11 +172,7 @@ pub fn receipts(
     } else {
         let form: Vec<(String, String)> =
             serde_urlencoded::from_bytes(trimmed).map_err(|_| malformed("unreadable form"))?;
-        let data = form
-            .into_iter()
-            .find(|(key, _)| key == "data")
-            .ok_or_else(|| malformed("no data field"))?
-            .1;
+        let data = form.into_iter().find(|(key, _)| key == "data").ok_or_else(|| malformed("no data field"))?.1;
         serde_json::from_str(&data).map_err(|_| malformed("unreadable data field"))?
     };
     let mut out = Vec::new();
@@ -221,22 +189,18 @@ fn collect(value: &Value, depth: u8, out: &mut Vec<Receipt>) -> Result<(), Recei
         return Err(malformed("nested too deep"));
     }
     match value {
-        Value::Array(items) => items
-            .iter()
-            .try_for_each(|item| collect(item, depth + 1, out)),
+        Value::Array(items) => items.iter().try_for_each(|item| collect(item, depth + 1, out)),
         Value::Object(object) if !object.contains_key("requestId") => match object.get("data") {
             Some(Value::String(data)) => {
-                let inner: Value =
-                    serde_json::from_str(data).map_err(|_| malformed("unreadable data field"))?;
+                let inner: Value = serde_json::from_str(data).map_err(|_| malformed("unreadable data field"))?;
                 collect(&inner, depth + 1, out)
             }
             Some(data) => collect(data, depth + 1, out),
             None => Err(malformed("no requestId")),
         },
         Value::Object(_) => {
-            let request_id = text(value, "requestId")
-                .filter(|id| !id.is_empty())
-                .ok_or_else(|| malformed("empty requestId"))?;
+            let request_id =
+                text(value, "requestId").filter(|id| !id.is_empty()).ok_or_else(|| malformed("empty requestId"))?;
             match value.get("report") {
                 Some(Value::Array(reports)) => {
                     for report in reports {
@@ -258,29 +222,20 @@ fn collect(value: &Value, depth: u8, out: &mut Vec<Receipt>) -> Result<(), Recei
 fn one(request_id: &str, report: &Value) -> Result<Receipt, ReceiptError> {
     let code = text(report, "status");
     let desc = text(report, "desc").or_else(|| text(report, "description"));
-    let verdict = code
-        .as_deref()
-        .or(desc.as_deref())
-        .ok_or_else(|| malformed("no status"))?;
+    let verdict = code.as_deref().or(desc.as_deref()).ok_or_else(|| malformed("no status"))?;
     let status = match verdict.trim().to_ascii_lowercase().as_str() {
         "1" | "delivered" => ReceiptStatus::Delivered,
-        "2" | "9" | "16" | "17" | "25" | "failed" | "rejected" | "ndnc" | "blocked"
-        | "undelivered" | "expired" => ReceiptStatus::Undelivered,
+        "2" | "9" | "16" | "17" | "25" | "failed" | "rejected" | "ndnc" | "blocked" | "undelivered" | "expired" => {
+            ReceiptStatus::Undelivered
+        }
         _ => ReceiptStatus::Pending,
     };
     let error = (status == ReceiptStatus::Undelivered).then(|| {
-        let reason = text(report, "failedReason")
-            .or_else(|| text(report, "failureReason"))
-            .filter(|r| !r.is_empty());
+        let reason = text(report, "failedReason").or_else(|| text(report, "failureReason")).filter(|r| !r.is_empty());
         let parts: Vec<String> = [code, desc, reason].into_iter().flatten().collect();
         short(&redact_numbers(&parts.join(" ")))
     });
-    Ok(Receipt {
-        carrier: "msg91",
-        carrier_message_id: request_id.to_owned(),
-        status,
-        error,
-    })
+    Ok(Receipt { carrier: "msg91", carrier_message_id: request_id.to_owned(), status, error })
 }
 
 /// A field as text, whether MSG91 sent a string or a number.
@@ -312,11 +267,7 @@ mod tests {
     }
 
     fn answer(status: u16, body: &str) -> Result<Accepted, CarrierError> {
-        classify(
-            StatusCode::from_u16(status).expect("status"),
-            body.as_bytes(),
-            None,
-        )
+        classify(StatusCode::from_u16(status).expect("status"), body.as_bytes(), None)
     }
 
     /// Examples from MSG91's API documentation (send SMS via flow, send SMS
@@ -324,45 +275,20 @@ mod tests {
     #[test]
     fn documented_answers_are_classified() {
         assert_eq!(
-            answer(
-                200,
-                r#"{"message": "5762846b4f8d285d378b4567", "type": "success"}"#
-            ),
-            Ok(Accepted {
-                carrier_message_id: Some("5762846b4f8d285d378b4567".into())
-            })
+            answer(200, r#"{"message": "5762846b4f8d285d378b4567", "type": "success"}"#),
+            Ok(Accepted { carrier_message_id: Some("5762846b4f8d285d378b4567".into()) })
         );
         assert_eq!(
-            answer(
-                200,
-                r#"{"type":"error","message":"Missing Authentication Key","code":"106"}"#
-            ),
-            Err(CarrierError::Permanent {
-                reason: "msg91 106: Missing Authentication Key".into()
-            })
+            answer(200, r#"{"type":"error","message":"Missing Authentication Key","code":"106"}"#),
+            Err(CarrierError::Permanent { reason: "msg91 106: Missing Authentication Key".into() })
         );
         for (status, body) in [
-            (
-                200,
-                r#"{"type":"error","message":"Invalid authentication key","code":"207"}"#,
-            ),
-            (
-                401,
-                r#"{"type":"error","message":"Unauthorized","code":"401"}"#,
-            ),
-            (
-                200,
-                r#"{"type":"error","message":"IP not whitelisted","code":"418"}"#,
-            ),
+            (200, r#"{"type":"error","message":"Invalid authentication key","code":"207"}"#),
+            (401, r#"{"type":"error","message":"Unauthorized","code":"401"}"#),
+            (200, r#"{"type":"error","message":"IP not whitelisted","code":"418"}"#),
             (400, r#"{"type":"error","message":"Invalid template id"}"#),
-            (
-                200,
-                r#"{"type":"error","message":"Invalid mobile number 919876543210","code":"202"}"#,
-            ),
-            (
-                200,
-                r#"{"type":"error","message":"Insufficient balance to send SMS","code":"301"}"#,
-            ),
+            (200, r#"{"type":"error","message":"Invalid mobile number 919876543210","code":"202"}"#),
+            (200, r#"{"type":"error","message":"Insufficient balance to send SMS","code":"301"}"#),
             (404, ""),
         ] {
             let error = answer(status, body).expect_err(body);
@@ -371,18 +297,12 @@ mod tests {
         }
         for (status, body) in [
             (429, r#"{"type":"error","message":"Too many requests"}"#),
-            (
-                200,
-                r#"{"type":"error","message":"Too Many Requests, please try again later","code":"429"}"#,
-            ),
+            (200, r#"{"type":"error","message":"Too Many Requests, please try again later","code":"429"}"#),
             (500, "<html>Internal Server Error</html>"),
             (503, ""),
             (200, "OK"),
         ] {
-            assert!(
-                answer(status, body).expect_err(body).is_retryable(),
-                "{status} {body}"
-            );
+            assert!(answer(status, body).expect_err(body).is_retryable(), "{status} {body}");
         }
     }
 
@@ -391,10 +311,7 @@ mod tests {
         let wait = Some(Duration::from_secs(3));
         assert_eq!(
             classify(StatusCode::TOO_MANY_REQUESTS, b"", wait),
-            Err(CarrierError::Retryable {
-                reason: "msg91 HTTP 429 Too Many Requests".into(),
-                retry_after: wait
-            })
+            Err(CarrierError::Retryable { reason: "msg91 HTTP 429 Too Many Requests".into(), retry_after: wait })
         );
         let duplicate = br#"{"type":"error","message":"Request discarded because same request was generated twice within 10 seconds","code":"311"}"#;
         assert!(matches!(
@@ -404,12 +321,7 @@ mod tests {
     }
 
     fn delivered(id: &str) -> Receipt {
-        Receipt {
-            carrier: "msg91",
-            carrier_message_id: id.into(),
-            status: ReceiptStatus::Delivered,
-            error: None,
-        }
+        Receipt { carrier: "msg91", carrier_message_id: id.into(), status: ReceiptStatus::Delivered, error: None }
     }
 
     /// Samples from https://msg91.com/help/how-can-i-get-the-delivery-reports-on-my-webhook-url
@@ -420,13 +332,7 @@ mod tests {
         let json_string = json!({ "data": v2 }).to_string();
         let json_inline = format!(r#"{{"data":{v2}}}"#);
         let v3 = r#"{"date":"2024-05-22 09:58:16","number":"9195XXXX6558","senderId":"uXXXXm","amount":"0.01","requestId":"346XXXXXXXXXXXX130","INMSID":"0","CRQID":"0","credit":"1","userId":"27XXXX","campaignName":"Sendhttp","status":"1","desc":"DELIVERED"}"#;
-        for body in [
-            form.as_str(),
-            json_string.as_str(),
-            json_inline.as_str(),
-            v2,
-            v3,
-        ] {
+        for body in [form.as_str(), json_string.as_str(), json_inline.as_str(), v2, v3] {
             assert_eq!(
                 receipts(&config(), Some("dlr-secret"), body.as_bytes()),
                 Ok(vec![delivered("346XXXXXXXXXXXX130")]),
@@ -456,15 +362,12 @@ mod tests {
             ("25", "REJECTED", ReceiptStatus::Undelivered),
             ("8", "SUBMITTED", ReceiptStatus::Pending),
         ] {
-            let body = json!([{"requestId": "r1", "report": [{"number": "919876543210", "status": code, "desc": desc}]}]);
-            let got =
-                receipts(&config(), Some("dlr-secret"), body.to_string().as_bytes()).expect(code);
+            let body =
+                json!([{"requestId": "r1", "report": [{"number": "919876543210", "status": code, "desc": desc}]}]);
+            let got = receipts(&config(), Some("dlr-secret"), body.to_string().as_bytes()).expect(code);
             assert_eq!(got[0].status, expected, "{code}");
             if expected == ReceiptStatus::Undelivered {
-                assert_eq!(
-                    got[0].error.as_deref(),
-                    Some(format!("{code} {desc}").as_str())
-                );
+                assert_eq!(got[0].error.as_deref(), Some(format!("{code} {desc}").as_str()));
             }
         }
     }
@@ -472,22 +375,10 @@ mod tests {
     #[test]
     fn tokens_are_checked_and_junk_is_malformed() {
         let body = br#"{"requestId":"r1","status":"1"}"#;
-        let unconfigured = Msg91Config {
-            receipt_token: None,
-            ..config()
-        };
-        assert_eq!(
-            receipts(&unconfigured, Some("x"), body),
-            Err(ReceiptError::NotConfigured("msg91"))
-        );
-        assert!(matches!(
-            receipts(&config(), None, body),
-            Err(ReceiptError::Forbidden(_))
-        ));
-        assert!(matches!(
-            receipts(&config(), Some("dlr-secreT"), body),
-            Err(ReceiptError::Forbidden(_))
-        ));
+        let unconfigured = Msg91Config { receipt_token: None, ..config() };
+        assert_eq!(receipts(&unconfigured, Some("x"), body), Err(ReceiptError::NotConfigured("msg91")));
+        assert!(matches!(receipts(&config(), None, body), Err(ReceiptError::Forbidden(_))));
+        assert!(matches!(receipts(&config(), Some("dlr-secreT"), body), Err(ReceiptError::Forbidden(_))));
         for junk in [
             &b"{"[..],
             b"[]",
@@ -496,10 +387,7 @@ mod tests {
             br#"[{"data":[{"meta":"0","description":"DELIVERED"}],"event":"delivered"}]"#,
         ] {
             assert!(
-                matches!(
-                    receipts(&config(), Some("dlr-secret"), junk),
-                    Err(ReceiptError::Malformed(_))
-                ),
+                matches!(receipts(&config(), Some("dlr-secret"), junk), Err(ReceiptError::Malformed(_))),
                 "{junk:?}"
             );
         }
@@ -509,31 +397,13 @@ mod tests {
     fn configuration_is_checked() {
         assert!(Msg91::new(&config()).is_ok());
         for bad in [
-            Msg91Config {
-                base_url: "control.msg91.com".into(),
-                ..config()
-            },
-            Msg91Config {
-                authkey: String::new(),
-                ..config()
-            },
-            Msg91Config {
-                authkey: "bad\nkey".into(),
-                ..config()
-            },
-            Msg91Config {
-                template_id: " ".into(),
-                ..config()
-            },
-            Msg91Config {
-                code_variable: "mobiles".into(),
-                ..config()
-            },
+            Msg91Config { base_url: "control.msg91.com".into(), ..config() },
+            Msg91Config { authkey: String::new(), ..config() },
+            Msg91Config { authkey: "bad\nkey".into(), ..config() },
+            Msg91Config { template_id: " ".into(), ..config() },
+            Msg91Config { code_variable: "mobiles".into(), ..config() },
         ] {
-            assert!(matches!(
-                Msg91::new(&bad),
-                Err(CarrierConfigError::Invalid("msg91", _))
-            ));
+            assert!(matches!(Msg91::new(&bad), Err(CarrierConfigError::Invalid("msg91", _))));
         }
     }
 }

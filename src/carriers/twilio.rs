@@ -10,8 +10,8 @@
 use crate::broker::BoxFuture;
 use crate::carriers::util::{http_url, non_empty, short};
 use crate::carriers::{
-    Accepted, Carrier, CarrierConfigError, CarrierError, Receipt, ReceiptError, ReceiptStatus, Sms,
-    exchange, token_matches,
+    Accepted, Carrier, CarrierConfigError, CarrierError, Receipt, ReceiptError, ReceiptStatus, Sms, exchange,
+    token_matches,
 };
 use crate::config::TwilioConfig;
 use crate::domain::phone::{mask, redact_numbers};
@@ -31,8 +31,7 @@ const RETRYABLE_CODES: [u64; 2] = [20429, 21611];
 pub fn signature(auth_token: &str, url: &str, params: &[(String, String)]) -> String {
     let mut sorted: Vec<&(String, String)> = params.iter().collect();
     sorted.sort();
-    let mut mac =
-        Hmac::<Sha1>::new_from_slice(auth_token.as_bytes()).expect("HMAC takes keys of any size");
+    let mut mac = Hmac::<Sha1>::new_from_slice(auth_token.as_bytes()).expect("HMAC takes keys of any size");
     mac.update(url.as_bytes());
     for (name, value) in sorted {
         mac.update(name.as_bytes());
@@ -91,8 +90,7 @@ impl Twilio {
     /// http(s) URL.
     pub fn new(config: &TwilioConfig) -> Result<Self, CarrierConfigError> {
         let invalid = |what: &str| CarrierConfigError::Invalid("twilio", what.to_owned());
-        let mut url =
-            http_url(&config.base_url).ok_or_else(|| invalid("base_url must be an http(s) URL"))?;
+        let mut url = http_url(&config.base_url).ok_or_else(|| invalid("base_url must be an http(s) URL"))?;
         let account_sid = config.account_sid.trim();
         if account_sid.is_empty() || !account_sid.bytes().all(|b| b.is_ascii_alphanumeric()) {
             return Err(invalid("account_sid must be the account's SID (AC…)"));
@@ -100,30 +98,25 @@ impl Twilio {
         if config.auth_token.is_empty() {
             return Err(invalid("auth_token is required"));
         }
-        url.path_segments_mut()
-            .map_err(|()| invalid("base_url cannot be a base"))?
-            .pop_if_empty()
-            .extend(["2010-04-01", "Accounts", account_sid, "Messages.json"]);
-        let sender = match (
-            non_empty(&config.from),
-            non_empty(&config.messaging_service_sid),
-        ) {
+        url.path_segments_mut().map_err(|()| invalid("base_url cannot be a base"))?.pop_if_empty().extend([
+            "2010-04-01",
+            "Accounts",
+            account_sid,
+            "Messages.json",
+        ]);
+        let sender = match (non_empty(&config.from), non_empty(&config.messaging_service_sid)) {
             (Some(from), None) => Sender::From(from.to_owned()),
             (None, Some(service)) => Sender::Service(service.to_owned()),
             _ => return Err(invalid("set exactly one of from and messaging_service_sid")),
         };
-        let (user, password) = match (
-            non_empty(&config.api_key_sid),
-            non_empty(&config.api_key_secret),
-        ) {
+        let (user, password) = match (non_empty(&config.api_key_sid), non_empty(&config.api_key_secret)) {
             (Some(key), Some(secret)) => (key.to_owned(), secret.to_owned()),
             (None, None) => (account_sid.to_owned(), config.auth_token.clone()),
             _ => return Err(invalid("api_key_sid and api_key_secret go together")),
         };
         let status_callback = match non_empty(&config.status_callback) {
             Some(callback) => {
-                http_url(callback)
-                    .ok_or_else(|| invalid("status_callback must be an http(s) URL"))?;
+                http_url(callback).ok_or_else(|| invalid("status_callback must be an http(s) URL"))?;
                 Some(callback.to_owned())
             }
             None => None,
@@ -175,9 +168,7 @@ impl Carrier for Twilio {
                 status = answer.status.as_ref().and_then(|s| s.as_str()).unwrap_or("-"),
                 "twilio accepted the message"
             );
-            Ok(Accepted {
-                carrier_message_id: answer.sid.filter(|s| !s.is_empty()),
-            })
+            Ok(Accepted { carrier_message_id: answer.sid.filter(|s| !s.is_empty()) })
         })
     }
 }
@@ -200,14 +191,7 @@ pub fn classify(status: StatusCode, body: &[u8], retry_after: Option<Duration>) 
     let retryable = status == StatusCode::TOO_MANY_REQUESTS
         || status.is_server_error()
         || code.is_some_and(|code| RETRYABLE_CODES.contains(&code));
-    if retryable {
-        CarrierError::Retryable {
-            reason,
-            retry_after,
-        }
-    } else {
-        CarrierError::Permanent { reason }
-    }
+    if retryable { CarrierError::Retryable { reason, retry_after } } else { CarrierError::Permanent { reason } }
 }
 
 /// Authenticates and parses a status callback.
@@ -224,8 +208,8 @@ pub fn receipt(
     signature_header: Option<&str>,
     form_body: &[u8],
 ) -> Result<Receipt, ReceiptError> {
-    let params: Vec<(String, String)> = serde_urlencoded::from_bytes(form_body)
-        .map_err(|_| ReceiptError::Forbidden("unreadable body".into()))?;
+    let params: Vec<(String, String)> =
+        serde_urlencoded::from_bytes(form_body).map_err(|_| ReceiptError::Forbidden("unreadable body".into()))?;
     let expected = signature(&config.auth_token, url, &params);
     if signature_header.is_none() {
         return Err(ReceiptError::Forbidden("missing X-Twilio-Signature".into()));
@@ -234,18 +218,10 @@ pub fn receipt(
         return Err(ReceiptError::Forbidden("wrong X-Twilio-Signature".into()));
     }
     let param = |name: &str| {
-        params
-            .iter()
-            .find(|(key, _)| key == name)
-            .map(|(_, value)| value.as_str())
-            .filter(|v| !v.is_empty())
+        params.iter().find(|(key, _)| key == name).map(|(_, value)| value.as_str()).filter(|v| !v.is_empty())
     };
-    let sid = param("MessageSid")
-        .or_else(|| param("SmsSid"))
-        .ok_or_else(|| malformed("no MessageSid"))?;
-    let state = param("MessageStatus")
-        .or_else(|| param("SmsStatus"))
-        .ok_or_else(|| malformed("no MessageStatus"))?;
+    let sid = param("MessageSid").or_else(|| param("SmsSid")).ok_or_else(|| malformed("no MessageSid"))?;
+    let state = param("MessageStatus").or_else(|| param("SmsStatus")).ok_or_else(|| malformed("no MessageStatus"))?;
     let status = match state {
         "delivered" | "read" => ReceiptStatus::Delivered,
         "undelivered" | "failed" | "canceled" => ReceiptStatus::Undelivered,
@@ -255,12 +231,7 @@ pub fn receipt(
         ReceiptStatus::Undelivered => Some(param("ErrorCode").unwrap_or(state).to_owned()),
         _ => None,
     };
-    Ok(Receipt {
-        carrier: "twilio",
-        carrier_message_id: sid.to_owned(),
-        status,
-        error,
-    })
+    Ok(Receipt { carrier: "twilio", carrier_message_id: sid.to_owned(), status, error })
 }
 
 fn malformed(what: &str) -> ReceiptError {
@@ -286,11 +257,7 @@ mod tests {
     }
 
     fn code(status: u16, body: &str) -> CarrierError {
-        classify(
-            StatusCode::from_u16(status).expect("status"),
-            body.as_bytes(),
-            None,
-        )
+        classify(StatusCode::from_u16(status).expect("status"), body.as_bytes(), None)
     }
 
     /// The signature example from Twilio's helper-library test suite
@@ -308,10 +275,7 @@ mod tests {
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect();
         let url = "https://mycompany.com/myapp.php?foo=1&bar=2";
-        assert_eq!(
-            signature("12345", url, &params),
-            "RSOYDt4T1cUTdK1PDd93/VVr8B8="
-        );
+        assert_eq!(signature("12345", url, &params), "RSOYDt4T1cUTdK1PDd93/VVr8B8=");
     }
 
     #[test]
@@ -324,23 +288,16 @@ mod tests {
         assert_eq!(
             invalid_to,
             CarrierError::Permanent {
-                reason: "twilio 21211: The 'To' number ********** is not a valid phone number."
-                    .into()
+                reason: "twilio 21211: The 'To' number ********** is not a valid phone number.".into()
             }
         );
         for (status, body) in [
-            (
-                400,
-                r#"{"code": 21610, "message": "Attempt to send to unsubscribed recipient", "status": 400}"#,
-            ),
+            (400, r#"{"code": 21610, "message": "Attempt to send to unsubscribed recipient", "status": 400}"#),
             (
                 400,
                 r#"{"code": 21408, "message": "Permission to send an SMS has not been enabled for the region indicated by the 'To' number: +9198765XXXXX.", "status": 400}"#,
             ),
-            (
-                400,
-                r#"{"code": 21614, "message": "'To' number is not a valid mobile number", "status": 400}"#,
-            ),
+            (400, r#"{"code": 21614, "message": "'To' number is not a valid mobile number", "status": 400}"#),
             (
                 400,
                 r#"{"code": 21612, "message": "The 'To' phone number is not currently reachable via SMS", "status": 400}"#,
@@ -358,18 +315,12 @@ mod tests {
             assert!(!code(status, body).is_retryable(), "{status} {body}");
         }
         for (status, body) in [
-            (
-                429,
-                r#"{"code": 20429, "message": "Too Many Requests", "status": 429}"#,
-            ),
+            (429, r#"{"code": 20429, "message": "Too Many Requests", "status": 429}"#),
             (
                 400,
                 r#"{"code": 21611, "message": "This 'From' number has exceeded the maximum number of queued messages", "status": 400}"#,
             ),
-            (
-                500,
-                r#"{"code": 20500, "message": "Internal Server Error", "status": 500}"#,
-            ),
+            (500, r#"{"code": 20500, "message": "Internal Server Error", "status": 500}"#),
             (503, "<html>Service Unavailable</html>"),
         ] {
             assert!(code(status, body).is_retryable(), "{status} {body}");
@@ -382,32 +333,20 @@ mod tests {
         let body = br#"{"code": 20429, "message": "Too Many Requests", "status": 429}"#;
         assert_eq!(
             classify(StatusCode::TOO_MANY_REQUESTS, body, wait),
-            CarrierError::Retryable {
-                reason: "twilio 20429: Too Many Requests".into(),
-                retry_after: wait
-            }
+            CarrierError::Retryable { reason: "twilio 20429: Too Many Requests".into(), retry_after: wait }
         );
         let body = br#"{"code": 21211, "message": "The 'To' number +14155550123 is not a valid phone number.", "status": 400}"#;
         let reason = classify(StatusCode::BAD_REQUEST, body, None).to_string();
         assert!(!reason.contains("4155550123"), "{reason}");
-        assert_eq!(
-            classify(StatusCode::BAD_GATEWAY, b"", None).to_string(),
-            "retryable: twilio HTTP 502 Bad Gateway"
-        );
+        assert_eq!(classify(StatusCode::BAD_GATEWAY, b"", None).to_string(), "retryable: twilio HTTP 502 Bad Gateway");
     }
 
     fn callback(params: &[(&str, &str)]) -> (Vec<u8>, String) {
-        let owned: Vec<(String, String)> = params
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
+        let owned: Vec<(String, String)> = params.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
         let body = serde_urlencoded::to_string(&owned).expect("form");
         let config = config();
         let url = config.status_callback.as_deref().expect("callback");
-        (
-            body.into_bytes(),
-            signature(&config.auth_token, url, &owned),
-        )
+        (body.into_bytes(), signature(&config.auth_token, url, &owned))
     }
 
     #[test]
@@ -456,55 +395,28 @@ mod tests {
         let config = config();
         let url = config.status_callback.clone().expect("callback");
         let (body, sig) = callback(&[("MessageSid", "SM1"), ("MessageStatus", "delivered")]);
-        assert!(matches!(
-            receipt(&config, &url, None, &body),
-            Err(ReceiptError::Forbidden(_))
-        ));
-        assert!(matches!(
-            receipt(&config, &url, Some("bm90IGl0"), &body),
-            Err(ReceiptError::Forbidden(_))
-        ));
+        assert!(matches!(receipt(&config, &url, None, &body), Err(ReceiptError::Forbidden(_))));
+        assert!(matches!(receipt(&config, &url, Some("bm90IGl0"), &body), Err(ReceiptError::Forbidden(_))));
         // Signed for another body, or for another URL.
         let (tampered, _) = callback(&[("MessageSid", "SM1"), ("MessageStatus", "failed")]);
-        assert!(matches!(
-            receipt(&config, &url, Some(&sig), &tampered),
-            Err(ReceiptError::Forbidden(_))
-        ));
+        assert!(matches!(receipt(&config, &url, Some(&sig), &tampered), Err(ReceiptError::Forbidden(_))));
         assert!(matches!(
             receipt(&config, "https://evil.example/", Some(&sig), &body),
             Err(ReceiptError::Forbidden(_))
         ));
         // Authentic but without a status: malformed.
         let (body, sig) = callback(&[("MessageSid", "SM1")]);
-        assert!(matches!(
-            receipt(&config, &url, Some(&sig), &body),
-            Err(ReceiptError::Malformed(_))
-        ));
+        assert!(matches!(receipt(&config, &url, Some(&sig), &body), Err(ReceiptError::Malformed(_))));
     }
 
     #[test]
     fn configuration_is_checked() {
         assert!(Twilio::new(&config()).is_ok());
-        let both = TwilioConfig {
-            messaging_service_sid: Some("MG0".into()),
-            ..config()
-        };
-        let neither = TwilioConfig {
-            from: None,
-            ..config()
-        };
-        let half_key = TwilioConfig {
-            api_key_sid: Some("SK0".into()),
-            ..config()
-        };
-        let bad_url = TwilioConfig {
-            base_url: "ftp://api.twilio.com".into(),
-            ..config()
-        };
-        let bad_callback = TwilioConfig {
-            status_callback: Some("not a url".into()),
-            ..config()
-        };
+        let both = TwilioConfig { messaging_service_sid: Some("MG0".into()), ..config() };
+        let neither = TwilioConfig { from: None, ..config() };
+        let half_key = TwilioConfig { api_key_sid: Some("SK0".into()), ..config() };
+        let bad_url = TwilioConfig { base_url: "ftp://api.twilio.com".into(), ..config() };
+        let bad_callback = TwilioConfig { status_callback: Some("not a url".into()), ..config() };
         for (name, bad) in [
             ("both senders", both),
             ("no sender", neither),
@@ -512,13 +424,7 @@ mod tests {
             ("base_url", bad_url),
             ("status_callback", bad_callback),
         ] {
-            assert!(
-                matches!(
-                    Twilio::new(&bad),
-                    Err(CarrierConfigError::Invalid("twilio", _))
-                ),
-                "{name}"
-            );
+            assert!(matches!(Twilio::new(&bad), Err(CarrierConfigError::Invalid("twilio", _))), "{name}");
         }
     }
 }

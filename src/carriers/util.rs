@@ -2,9 +2,7 @@
 
 /// Parses an http(s) URL; anything else is `None`.
 pub fn http_url(raw: &str) -> Option<reqwest::Url> {
-    reqwest::Url::parse(raw.trim())
-        .ok()
-        .filter(|url| matches!(url.scheme(), "http" | "https"))
+    reqwest::Url::parse(raw.trim()).ok().filter(|url| matches!(url.scheme(), "http" | "https"))
 }
 
 /// An optional setting, empty counting as unset.

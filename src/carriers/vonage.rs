@@ -11,8 +11,8 @@
 use crate::broker::BoxFuture;
 use crate::carriers::util::{http_url, non_empty};
 use crate::carriers::{
-    Accepted, Carrier, CarrierConfigError, CarrierError, Receipt, ReceiptError, ReceiptStatus, Sms,
-    exchange, token_matches,
+    Accepted, Carrier, CarrierConfigError, CarrierError, Receipt, ReceiptError, ReceiptStatus, Sms, exchange,
+    token_matches,
 };
 use crate::config::VonageConfig;
 use crate::domain::phone::{mask, redact_numbers};
@@ -74,8 +74,7 @@ impl Vonage {
     /// http(s) URL of at most 100 characters. With both secrets, requests are signed.
     pub fn new(config: &VonageConfig) -> Result<Self, CarrierConfigError> {
         let invalid = |what: &str| CarrierConfigError::Invalid("vonage", what.to_owned());
-        let mut url =
-            http_url(&config.base_url).ok_or_else(|| invalid("base_url must be an http(s) URL"))?;
+        let mut url = http_url(&config.base_url).ok_or_else(|| invalid("base_url must be an http(s) URL"))?;
         url.path_segments_mut()
             .map_err(|()| invalid("base_url cannot be a base"))?
             .pop_if_empty()
@@ -84,10 +83,7 @@ impl Vonage {
         if api_key.is_empty() {
             return Err(invalid("api_key is required"));
         }
-        let auth = match (
-            non_empty(&config.signature_secret),
-            non_empty(&config.api_secret),
-        ) {
+        let auth = match (non_empty(&config.signature_secret), non_empty(&config.api_secret)) {
             (Some(secret), _) => Auth::Signed(secret.to_owned()),
             (None, Some(secret)) => Auth::Secret(secret.to_owned()),
             (None, None) => return Err(invalid("set api_secret or signature_secret")),
@@ -125,10 +121,7 @@ impl Vonage {
             ("from".to_owned(), self.from.clone()),
             ("to".to_owned(), sms.to.trim_start_matches('+').to_owned()),
             ("text".to_owned(), sms.text.clone()),
-            (
-                "client-ref".to_owned(),
-                sms.request_id.chars().take(MAX_REF).collect(),
-            ),
+            ("client-ref".to_owned(), sms.request_id.chars().take(MAX_REF).collect()),
         ];
         if !is_gsm7(&sms.text) {
             params.push(("type".to_owned(), "unicode".to_owned()));
@@ -139,10 +132,7 @@ impl Vonage {
         match &self.auth {
             Auth::Secret(secret) => params.push(("api_secret".to_owned(), secret.clone())),
             Auth::Signed(secret) => {
-                let timestamp = now
-                    .duration_since(UNIX_EPOCH)
-                    .map(|d| d.as_secs())
-                    .unwrap_or_default();
+                let timestamp = now.duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or_default();
                 params.push(("timestamp".to_owned(), timestamp.to_string()));
                 let sig = sign(secret, &params);
                 params.push(("sig".to_owned(), sig));
@@ -161,14 +151,10 @@ impl Carrier for Vonage {
         Box::pin(async move {
             let params = self.params(sms, SystemTime::now());
             let reply = exchange(
-                self.client
-                    .post(self.url.clone())
-                    .header(reqwest::header::ACCEPT, "application/json")
-                    .form(&params),
+                self.client.post(self.url.clone()).header(reqwest::header::ACCEPT, "application/json").form(&params),
             )
             .await?;
-            let accepted = classify(reply.status, &reply.body, reply.retry_after)
-                .map_err(|e| e.scrub(&sms.code))?;
+            let accepted = classify(reply.status, &reply.body, reply.retry_after).map_err(|e| e.scrub(&sms.code))?;
             tracing::debug!(
                 to = %mask(&sms.to),
                 message_id = accepted.carrier_message_id.as_deref().unwrap_or("-"),
@@ -183,11 +169,9 @@ impl Carrier for Vonage {
 /// of `&name=value` for every parameter but `sig`, sorted by name, with `&`
 /// and `=` in values replaced by `_` (Vonage's "Signing Requests").
 pub fn sign(signature_secret: &str, params: &[(String, String)]) -> String {
-    let mut sorted: Vec<&(String, String)> =
-        params.iter().filter(|(name, _)| name != "sig").collect();
+    let mut sorted: Vec<&(String, String)> = params.iter().filter(|(name, _)| name != "sig").collect();
     sorted.sort();
-    let mut mac = Hmac::<Sha256>::new_from_slice(signature_secret.as_bytes())
-        .expect("HMAC takes keys of any size");
+    let mut mac = Hmac::<Sha256>::new_from_slice(signature_secret.as_bytes()).expect("HMAC takes keys of any size");
     for (name, value) in sorted {
         mac.update(b"&");
         mac.update(name.as_bytes());
@@ -200,37 +184,24 @@ pub fn sign(signature_secret: &str, params: &[(String, String)]) -> String {
 /// Whether `text` fits the GSM 03.38 alphabet (with its extension table), so
 /// it can go as `type=text`; anything else is sent as `type=unicode`.
 pub fn is_gsm7(text: &str) -> bool {
-    text.chars()
-        .all(|c| GSM7_BASIC.contains(c) || GSM7_EXTENSION.contains(c))
+    text.chars().all(|c| GSM7_BASIC.contains(c) || GSM7_EXTENSION.contains(c))
 }
 
 /// Reads the SMS API's answer
 /// (`{"message-count","messages":[{"status","message-id","error-text",…}]}`):
 /// accepted when every part has status `0` (the first part's `message-id`
 /// becomes `carrier_message_id`); otherwise the first failed part decides.
-pub fn classify(
-    status: StatusCode,
-    body: &[u8],
-    retry_after: Option<Duration>,
-) -> Result<Accepted, CarrierError> {
+pub fn classify(status: StatusCode, body: &[u8], retry_after: Option<Duration>) -> Result<Accepted, CarrierError> {
     if status == StatusCode::TOO_MANY_REQUESTS || status.is_server_error() {
-        return Err(CarrierError::Retryable {
-            reason: format!("vonage HTTP {status}"),
-            retry_after,
-        });
+        return Err(CarrierError::Retryable { reason: format!("vonage HTTP {status}"), retry_after });
     }
     if !status.is_success() {
-        return Err(CarrierError::Permanent {
-            reason: format!("vonage HTTP {status}"),
-        });
+        return Err(CarrierError::Permanent { reason: format!("vonage HTTP {status}") });
     }
     let answer: Answer = serde_json::from_slice(body).unwrap_or_default();
     if answer.messages.is_empty() {
         // The outcome is unknown: a retry at worst repeats the SMS.
-        return Err(CarrierError::Retryable {
-            reason: "vonage: unexpected answer".into(),
-            retry_after,
-        });
+        return Err(CarrierError::Retryable { reason: "vonage: unexpected answer".into(), retry_after });
     }
     let code = |m: &Message| match &m.status {
         Some(serde_json::Value::String(s)) => s.trim().to_owned(),
@@ -239,33 +210,16 @@ pub fn classify(
     };
     if let Some(failed) = answer.messages.iter().find(|m| code(m) != "0") {
         let status = code(failed);
-        let text = failed
-            .error_text
-            .as_deref()
-            .map(redact_numbers)
-            .unwrap_or_default();
-        let reason = format!(
-            "vonage {status}: {}",
-            text.chars().take(200).collect::<String>()
-        );
+        let text = failed.error_text.as_deref().map(redact_numbers).unwrap_or_default();
+        let reason = format!("vonage {status}: {}", text.chars().take(200).collect::<String>());
         return Err(if RETRYABLE_STATUSES.contains(&status.as_str()) {
-            CarrierError::Retryable {
-                reason,
-                retry_after,
-            }
+            CarrierError::Retryable { reason, retry_after }
         } else {
             CarrierError::Permanent { reason }
         });
     }
-    let id = answer
-        .messages
-        .into_iter()
-        .next()
-        .and_then(|m| m.message_id)
-        .filter(|id| !id.is_empty());
-    Ok(Accepted {
-        carrier_message_id: id,
-    })
+    let id = answer.messages.into_iter().next().and_then(|m| m.message_id).filter(|id| !id.is_empty());
+    Ok(Accepted { carrier_message_id: id })
 }
 
 /// Authenticates and parses a delivery receipt.
@@ -274,42 +228,24 @@ pub fn classify(
 /// parameter must equal `receipt_token`. `delivered` is delivered;
 /// `expired`, `failed` and `rejected` are undelivered (error: `err-code`);
 /// `accepted`, `buffered`, `unknown` and anything else are pending.
-pub fn receipt(
-    config: &VonageConfig,
-    params: &[(String, String)],
-) -> Result<Receipt, ReceiptError> {
-    let expected = config
-        .receipt_token
-        .as_deref()
-        .filter(|t| !t.is_empty())
-        .ok_or(ReceiptError::NotConfigured("vonage"))?;
+pub fn receipt(config: &VonageConfig, params: &[(String, String)]) -> Result<Receipt, ReceiptError> {
+    let expected =
+        config.receipt_token.as_deref().filter(|t| !t.is_empty()).ok_or(ReceiptError::NotConfigured("vonage"))?;
     let param = |name: &str| {
-        params
-            .iter()
-            .find(|(key, _)| key == name)
-            .map(|(_, value)| value.trim())
-            .filter(|v| !v.is_empty())
+        params.iter().find(|(key, _)| key == name).map(|(_, value)| value.trim()).filter(|v| !v.is_empty())
     };
     if !token_matches(param("token"), expected) {
         return Err(ReceiptError::Forbidden("wrong or missing token".into()));
     }
-    let id =
-        param("messageId").ok_or_else(|| ReceiptError::Malformed("vonage: no messageId".into()))?;
-    let state =
-        param("status").ok_or_else(|| ReceiptError::Malformed("vonage: no status".into()))?;
+    let id = param("messageId").ok_or_else(|| ReceiptError::Malformed("vonage: no messageId".into()))?;
+    let state = param("status").ok_or_else(|| ReceiptError::Malformed("vonage: no status".into()))?;
     let status = match state.to_ascii_lowercase().as_str() {
         "delivered" => ReceiptStatus::Delivered,
         "expired" | "failed" | "rejected" => ReceiptStatus::Undelivered,
         _ => ReceiptStatus::Pending,
     };
-    let error = (status == ReceiptStatus::Undelivered)
-        .then(|| param("err-code").unwrap_or(state).to_owned());
-    Ok(Receipt {
-        carrier: "vonage",
-        carrier_message_id: id.to_owned(),
-        status,
-        error,
-    })
+    let error = (status == ReceiptStatus::Undelivered).then(|| param("err-code").unwrap_or(state).to_owned());
+    Ok(Receipt { carrier: "vonage", carrier_message_id: id.to_owned(), status, error })
 }
 
 #[cfg(test)]
@@ -330,17 +266,11 @@ mod tests {
     }
 
     fn answer(status: u16, body: &str) -> Result<Accepted, CarrierError> {
-        classify(
-            StatusCode::from_u16(status).expect("status"),
-            body.as_bytes(),
-            None,
-        )
+        classify(StatusCode::from_u16(status).expect("status"), body.as_bytes(), None)
     }
 
     fn one(status: &str, error_text: &str) -> String {
-        format!(
-            r#"{{"message-count":"1","messages":[{{"status":"{status}","error-text":"{error_text}"}}]}}"#
-        )
+        format!(r#"{{"message-count":"1","messages":[{{"status":"{status}","error-text":"{error_text}"}}]}}"#)
     }
 
     /// Examples from https://developer.vonage.com/messaging/sms/guides/troubleshooting-sms
@@ -348,32 +278,17 @@ mod tests {
     #[test]
     fn documented_answers_are_classified() {
         let ok = r#"{"message-count": "1", "messages": [{"to": "447700900000", "message-id": "0C000000217B7F02", "status": "0", "remaining-balance": "15.53590000", "message-price": "0.03330000", "network": "23410"}]}"#;
-        assert_eq!(
-            answer(200, ok),
-            Ok(Accepted {
-                carrier_message_id: Some("0C000000217B7F02".into())
-            })
-        );
+        assert_eq!(answer(200, ok), Ok(Accepted { carrier_message_id: Some("0C000000217B7F02".into()) }));
         assert_eq!(
             answer(200, &one("2", "Missing to param")),
-            Err(CarrierError::Permanent {
-                reason: "vonage 2: Missing to param".into()
-            })
+            Err(CarrierError::Permanent { reason: "vonage 2: Missing to param".into() })
         );
         for (status, text) in [
-            (
-                "1",
-                "Throughput Rate Exceeded - please wait [ 1000 ] and retry",
-            ),
+            ("1", "Throughput Rate Exceeded - please wait [ 1000 ] and retry"),
             ("5", "Internal Error"),
             ("10", "Too Many Existing Binds"),
         ] {
-            assert!(
-                answer(200, &one(status, text))
-                    .expect_err(status)
-                    .is_retryable(),
-                "{status}"
-            );
+            assert!(answer(200, &one(status, text)).expect_err(status).is_retryable(), "{status}");
         }
         for (status, text) in [
             ("3", "Invalid to address"),
@@ -392,12 +307,7 @@ mod tests {
             ("32", "Signature And API Secret Disallowed"),
             ("33", "Number De-activated"),
         ] {
-            assert!(
-                !answer(200, &one(status, text))
-                    .expect_err(status)
-                    .is_retryable(),
-                "{status}"
-            );
+            assert!(!answer(200, &one(status, text)).expect_err(status).is_retryable(), "{status}");
         }
     }
 
@@ -406,26 +316,17 @@ mod tests {
         let wait = Some(Duration::from_secs(2));
         assert_eq!(
             classify(StatusCode::TOO_MANY_REQUESTS, b"", wait),
-            Err(CarrierError::Retryable {
-                reason: "vonage HTTP 429 Too Many Requests".into(),
-                retry_after: wait
-            })
+            Err(CarrierError::Retryable { reason: "vonage HTTP 429 Too Many Requests".into(), retry_after: wait })
         );
         assert!(answer(502, "").expect_err("502").is_retryable());
         assert!(!answer(401, "").expect_err("401").is_retryable());
         assert!(answer(200, "{}").expect_err("empty").is_retryable());
         let partial = r#"{"message-count":"2","messages":[{"status":"0","message-id":"A1"},{"status":"9","error-text":"Partner quota exceeded"}]}"#;
         assert!(!answer(200, partial).expect_err("partial").is_retryable());
-        let both = r#"{"message-count":"2","messages":[{"status":"0","message-id":"A1"},{"status":"0","message-id":"A2"}]}"#;
-        assert_eq!(
-            answer(200, both),
-            Ok(Accepted {
-                carrier_message_id: Some("A1".into())
-            })
-        );
-        let reason = answer(200, &one("6", "Invalid number 447700900000"))
-            .expect_err("6")
-            .to_string();
+        let both =
+            r#"{"message-count":"2","messages":[{"status":"0","message-id":"A1"},{"status":"0","message-id":"A2"}]}"#;
+        assert_eq!(answer(200, both), Ok(Accepted { carrier_message_id: Some("A1".into()) }));
+        let reason = answer(200, &one("6", "Invalid number 447700900000")).expect_err("6").to_string();
         assert!(!reason.contains("7700900000"), "{reason}");
     }
 
@@ -433,26 +334,17 @@ mod tests {
     /// procedure of https://developer.vonage.com/getting-started/concepts/signing-messages.
     #[test]
     fn signatures_follow_vonages_procedure() {
-        let params: Vec<(String, String)> = [
-            ("b", "2"),
-            ("a", "1&x=y"),
-            ("timestamp", "1461605396"),
-            ("sig", "ignored"),
-        ]
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect();
-        assert_eq!(
-            sign("secret", &params),
-            "f88e98165ed55d49977db05ce87e9fe7562bef34b91061d9510fe5c3903e0917"
-        );
+        let params: Vec<(String, String)> =
+            [("b", "2"), ("a", "1&x=y"), ("timestamp", "1461605396"), ("sig", "ignored")]
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect();
+        assert_eq!(sign("secret", &params), "f88e98165ed55d49977db05ce87e9fe7562bef34b91061d9510fe5c3903e0917");
     }
 
     #[test]
     fn gsm7_texts_go_as_text_others_as_unicode() {
-        assert!(is_gsm7(
-            "otp-pipeline: your verification code is 123456. It expires in 5 min."
-        ));
+        assert!(is_gsm7("otp-pipeline: your verification code is 123456. It expires in 5 min."));
         assert!(!is_gsm7("Código: 1234 — no"));
         assert!(is_gsm7("Ihr Code: 1234 {ÄÖÜ} €5 [ok] ~ | ^ \\"));
         assert!(!is_gsm7("आपका कोड 1234 है"));
@@ -461,10 +353,7 @@ mod tests {
     }
 
     fn receipt_params(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
-        pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect()
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
     }
 
     /// Parameters as in https://developer.vonage.com/messaging/sms/guides/delivery-receipts.
@@ -497,12 +386,7 @@ mod tests {
             let error = (expected == ReceiptStatus::Undelivered).then(|| err.to_owned());
             assert_eq!(
                 got,
-                Receipt {
-                    carrier: "vonage",
-                    carrier_message_id: "0A0000001234567B".into(),
-                    status: expected,
-                    error
-                },
+                Receipt { carrier: "vonage", carrier_message_id: "0A0000001234567B".into(), status: expected, error },
                 "{state}"
             );
         }
@@ -511,78 +395,37 @@ mod tests {
     #[test]
     fn receipts_need_the_token() {
         let base = [("messageId", "0A0000001234567B"), ("status", "delivered")];
-        let unconfigured = VonageConfig {
-            receipt_token: None,
-            ..config()
-        };
-        assert_eq!(
-            receipt(&unconfigured, &receipt_params(&base)),
-            Err(ReceiptError::NotConfigured("vonage"))
-        );
-        assert!(matches!(
-            receipt(&config(), &receipt_params(&base)),
-            Err(ReceiptError::Forbidden(_))
-        ));
+        let unconfigured = VonageConfig { receipt_token: None, ..config() };
+        assert_eq!(receipt(&unconfigured, &receipt_params(&base)), Err(ReceiptError::NotConfigured("vonage")));
+        assert!(matches!(receipt(&config(), &receipt_params(&base)), Err(ReceiptError::Forbidden(_))));
         let wrong = [base[0], base[1], ("token", "guess")];
-        assert!(matches!(
-            receipt(&config(), &receipt_params(&wrong)),
-            Err(ReceiptError::Forbidden(_))
-        ));
+        assert!(matches!(receipt(&config(), &receipt_params(&wrong)), Err(ReceiptError::Forbidden(_))));
         let no_id = [("status", "delivered"), ("token", "dlr-secret")];
-        assert!(matches!(
-            receipt(&config(), &receipt_params(&no_id)),
-            Err(ReceiptError::Malformed(_))
-        ));
+        assert!(matches!(receipt(&config(), &receipt_params(&no_id)), Err(ReceiptError::Malformed(_))));
     }
 
     #[test]
     fn configuration_is_checked() {
         assert!(Vonage::new(&config()).is_ok());
         assert!(
-            Vonage::new(&VonageConfig {
-                api_secret: None,
-                signature_secret: Some("sig".into()),
-                ..config()
-            })
-            .is_ok()
+            Vonage::new(&VonageConfig { api_secret: None, signature_secret: Some("sig".into()), ..config() }).is_ok()
         );
         let long = format!("https://example.com/{}", "x".repeat(90));
         for bad in [
-            VonageConfig {
-                api_secret: None,
-                ..config()
-            },
-            VonageConfig {
-                base_url: "rest.nexmo.com".into(),
-                ..config()
-            },
-            VonageConfig {
-                from: " ".into(),
-                ..config()
-            },
-            VonageConfig {
-                callback: Some("nope".into()),
-                ..config()
-            },
-            VonageConfig {
-                callback: Some(long),
-                ..config()
-            },
+            VonageConfig { api_secret: None, ..config() },
+            VonageConfig { base_url: "rest.nexmo.com".into(), ..config() },
+            VonageConfig { from: " ".into(), ..config() },
+            VonageConfig { callback: Some("nope".into()), ..config() },
+            VonageConfig { callback: Some(long), ..config() },
         ] {
-            assert!(matches!(
-                Vonage::new(&bad),
-                Err(CarrierConfigError::Invalid("vonage", _))
-            ));
+            assert!(matches!(Vonage::new(&bad), Err(CarrierConfigError::Invalid("vonage", _))));
         }
     }
 
     #[test]
     fn signed_requests_carry_no_secret() {
-        let carrier = Vonage::new(&VonageConfig {
-            signature_secret: Some("sig-secret".into()),
-            ..config()
-        })
-        .expect("config");
+        let carrier =
+            Vonage::new(&VonageConfig { signature_secret: Some("sig-secret".into()), ..config() }).expect("config");
         let sms = Sms {
             to: "+447700900000".into(),
             text: "code 123456".into(),
@@ -595,11 +438,7 @@ mod tests {
         assert!(params.iter().all(|(k, _)| k != "api_secret"));
         assert!(params.contains(&("timestamp".into(), "1461605396".into())));
         assert!(params.contains(&("client-ref".into(), "r".repeat(100))));
-        let sig = params
-            .iter()
-            .find(|(k, _)| k == "sig")
-            .map(|(_, v)| v.clone())
-            .expect("sig");
+        let sig = params.iter().find(|(k, _)| k == "sig").map(|(_, v)| v.clone()).expect("sig");
         assert_eq!(sig, sign("sig-secret", &params));
     }
 }

@@ -38,17 +38,10 @@ impl Webhook {
         let url = reqwest::Url::parse(&config.url)
             .map_err(|e| CarrierConfigError::Invalid("webhook", format!("url: {e}")))?;
         if !matches!(url.scheme(), "http" | "https") {
-            return Err(CarrierConfigError::Invalid(
-                "webhook",
-                "url must be http or https".into(),
-            ));
+            return Err(CarrierConfigError::Invalid("webhook", "url must be http or https".into()));
         }
         let client = crate::carriers::http_client("webhook", config.timeout_ms)?;
-        Ok(Self {
-            client,
-            url,
-            token: config.token.clone(),
-        })
+        Ok(Self { client, url, token: config.token.clone() })
     }
 }
 
@@ -57,14 +50,9 @@ pub fn classify(status: StatusCode, retry_after: Option<Duration>) -> Result<(),
     if status.is_success() {
         Ok(())
     } else if status == StatusCode::TOO_MANY_REQUESTS || status.is_server_error() {
-        Err(CarrierError::Retryable {
-            reason: format!("HTTP {status}"),
-            retry_after,
-        })
+        Err(CarrierError::Retryable { reason: format!("HTTP {status}"), retry_after })
     } else {
-        Err(CarrierError::Permanent {
-            reason: format!("HTTP {status}"),
-        })
+        Err(CarrierError::Permanent { reason: format!("HTTP {status}") })
     }
 }
 
@@ -75,12 +63,8 @@ impl Carrier for Webhook {
 
     fn send<'a>(&'a self, sms: &'a Sms) -> BoxFuture<'a, Result<Accepted, CarrierError>> {
         Box::pin(async move {
-            let body = Body {
-                to: &sms.to,
-                text: &sms.text,
-                request_id: &sms.request_id,
-                delivery_id: &sms.delivery_id,
-            };
+            let body =
+                Body { to: &sms.to, text: &sms.text, request_id: &sms.request_id, delivery_id: &sms.delivery_id };
             let mut request = self.client.post(self.url.clone()).json(&body);
             if let Some(token) = &self.token {
                 request = request.bearer_auth(token);
@@ -88,12 +72,8 @@ impl Carrier for Webhook {
             let reply = exchange(request).await?;
             classify(reply.status, reply.retry_after)?;
             // Any 2xx is accepted; an id in a JSON answer is kept if present.
-            let id = serde_json::from_slice::<Answer>(&reply.body)
-                .ok()
-                .and_then(|a| a.id);
-            Ok(Accepted {
-                carrier_message_id: id,
-            })
+            let id = serde_json::from_slice::<Answer>(&reply.body).ok().and_then(|a| a.id);
+            Ok(Accepted { carrier_message_id: id })
         })
     }
 }
@@ -107,29 +87,16 @@ mod tests {
         assert!(classify(StatusCode::OK, None).is_ok());
         assert!(classify(StatusCode::ACCEPTED, None).is_ok());
         for s in [429, 500, 502, 503, 504] {
-            assert!(
-                classify(StatusCode::from_u16(s).unwrap(), None)
-                    .unwrap_err()
-                    .is_retryable(),
-                "{s}"
-            );
+            assert!(classify(StatusCode::from_u16(s).unwrap(), None).unwrap_err().is_retryable(), "{s}");
         }
         for s in [400, 401, 403, 404, 422] {
-            assert!(
-                !classify(StatusCode::from_u16(s).unwrap(), None)
-                    .unwrap_err()
-                    .is_retryable(),
-                "{s}"
-            );
+            assert!(!classify(StatusCode::from_u16(s).unwrap(), None).unwrap_err().is_retryable(), "{s}");
         }
     }
 
     #[test]
     fn bad_urls_are_refused() {
-        let c = WebhookConfig {
-            url: "ftp://x".into(),
-            ..Default::default()
-        };
+        let c = WebhookConfig { url: "ftp://x".into(), ..Default::default() };
         assert!(Webhook::new(&c).is_err());
     }
 }

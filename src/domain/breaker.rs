@@ -21,11 +21,7 @@ pub struct Breaker {
 impl Breaker {
     /// Opens after `threshold` consecutive failures, for `open_for`.
     pub fn new(threshold: u32, open_for: Duration) -> Self {
-        Self {
-            threshold: threshold.max(1),
-            open_for,
-            state: State::Closed { failures: 0 },
-        }
+        Self { threshold: threshold.max(1), open_for, state: State::Closed { failures: 0 } }
     }
 
     /// Whether an attempt may go to the carrier now. After the cool-down one
@@ -55,12 +51,8 @@ impl Breaker {
     /// The carrier failed (timeout, 5xx, throttling): count it, maybe open.
     pub fn on_failure(&mut self, now: Instant) {
         self.state = match self.state {
-            State::Closed { failures } if failures + 1 < self.threshold => State::Closed {
-                failures: failures + 1,
-            },
-            _ => State::Open {
-                until: now + self.open_for,
-            },
+            State::Closed { failures } if failures + 1 < self.threshold => State::Closed { failures: failures + 1 },
+            _ => State::Open { until: now + self.open_for },
         };
     }
 
@@ -85,14 +77,8 @@ mod tests {
         b.on_failure(t0);
         assert!(b.is_open());
         assert!(!b.allow(t0 + Duration::from_secs(9)));
-        assert!(
-            b.allow(t0 + Duration::from_secs(10)),
-            "one probe after the cool-down"
-        );
-        assert!(
-            !b.allow(t0 + Duration::from_secs(11)),
-            "only one probe at a time"
-        );
+        assert!(b.allow(t0 + Duration::from_secs(10)), "one probe after the cool-down");
+        assert!(!b.allow(t0 + Duration::from_secs(11)), "only one probe at a time");
         b.on_success();
         assert!(!b.is_open() && b.allow(t0 + Duration::from_secs(11)));
     }

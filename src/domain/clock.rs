@@ -34,8 +34,7 @@ impl ManualClock {
 
     /// Moves this clock (and every clone of it) forward by `by`.
     pub fn advance(&self, by: Duration) {
-        self.offset_ms
-            .fetch_add(by.whole_milliseconds() as i64, Ordering::SeqCst);
+        self.offset_ms.fetch_add(by.whole_milliseconds() as i64, Ordering::SeqCst);
     }
 }
 

@@ -17,9 +17,7 @@ pub struct CodeLength(u8);
 impl CodeLength {
     /// Returns `None` outside 4–10.
     pub fn new(digits: u8) -> Option<Self> {
-        (MIN_CODE_LENGTH..=MAX_CODE_LENGTH)
-            .contains(&digits)
-            .then_some(Self(digits))
+        (MIN_CODE_LENGTH..=MAX_CODE_LENGTH).contains(&digits).then_some(Self(digits))
     }
 
     /// The number of digits.
@@ -37,9 +35,7 @@ impl Default for CodeLength {
 impl TryFrom<u8> for CodeLength {
     type Error = String;
     fn try_from(value: u8) -> Result<Self, Self::Error> {
-        Self::new(value).ok_or_else(|| {
-            format!("code_length must be {MIN_CODE_LENGTH}-{MAX_CODE_LENGTH}, got {value}")
-        })
+        Self::new(value).ok_or_else(|| format!("code_length must be {MIN_CODE_LENGTH}-{MAX_CODE_LENGTH}, got {value}"))
     }
 }
 
@@ -65,10 +61,7 @@ impl Code {
         let upper = 10u64.pow(u32::from(length.get()));
         let uniform = Uniform::new(0, upper).expect("10^length is a non-empty range");
         let value = uniform.sample(rng);
-        Self(format!(
-            "{value:0width$}",
-            width = usize::from(length.get())
-        ))
+        Self(format!("{value:0width$}", width = usize::from(length.get())))
     }
 
     /// Accepts what a user typed: 4–10 ASCII digits (surrounding spaces trimmed).
@@ -151,14 +144,8 @@ mod tests {
         }
         let expected = f64::from(n) / 10.0;
         for (pos, row) in counts.iter().enumerate() {
-            let chi2: f64 = row
-                .iter()
-                .map(|&c| (f64::from(c) - expected).powi(2) / expected)
-                .sum();
-            assert!(
-                chi2 < 27.88,
-                "position {pos}: chi2 {chi2:.2}, counts {row:?}"
-            );
+            let chi2: f64 = row.iter().map(|&c| (f64::from(c) - expected).powi(2) / expected).sum();
+            assert!(chi2 < 27.88, "position {pos}: chi2 {chi2:.2}, counts {row:?}");
         }
     }
 
@@ -169,19 +156,13 @@ mod tests {
         let mut rng = StdRng::seed_from_u64(1);
         let mut low = 0u32;
         for _ in 0..20_000 {
-            let v: u32 = Code::generate(CodeLength::new(4).unwrap(), &mut rng)
-                .expose()
-                .parse()
-                .unwrap();
+            let v: u32 = Code::generate(CodeLength::new(4).unwrap(), &mut rng).expose().parse().unwrap();
             if v < 5_000 {
                 low += 1;
             }
         }
         // Binomial(20000, 0.5): sd ≈ 70.7; 5 sd ≈ 354.
-        assert!(
-            (9_646..=10_354).contains(&low),
-            "low half drawn {low} times"
-        );
+        assert!((9_646..=10_354).contains(&low), "low half drawn {low} times");
     }
 
     #[test]

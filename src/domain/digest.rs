@@ -32,10 +32,7 @@ impl DigestKey {
         if key.len() < MIN_KEY_BYTES {
             return Err(KeyTooShort(key.len()));
         }
-        let fingerprint = Sha256::new()
-            .chain_update(b"otp-pipeline key id\0")
-            .chain_update(&key)
-            .finalize();
+        let fingerprint = Sha256::new().chain_update(b"otp-pipeline key id\0").chain_update(&key).finalize();
         let id = hex::encode(&fingerprint[..4]);
         Ok(Self { id, key })
     }
@@ -58,25 +55,12 @@ impl DigestKey {
 
     /// The digest stored for `code`, bound to the phone and the request.
     pub fn digest(&self, phone: &Phone, request_id: &str, code: &Code) -> CodeDigest {
-        CodeDigest(
-            self.mac(phone, request_id, code.expose())
-                .finalize()
-                .into_bytes()
-                .into(),
-        )
+        CodeDigest(self.mac(phone, request_id, code.expose()).finalize().into_bytes().into())
     }
 
     /// Whether `code` matches `expected`, compared in constant time.
-    pub fn matches(
-        &self,
-        phone: &Phone,
-        request_id: &str,
-        code: &Code,
-        expected: &CodeDigest,
-    ) -> bool {
-        self.mac(phone, request_id, code.expose())
-            .verify_slice(&expected.0)
-            .is_ok()
+    pub fn matches(&self, phone: &Phone, request_id: &str, code: &Code, expected: &CodeDigest) -> bool {
+        self.mac(phone, request_id, code.expose()).verify_slice(&expected.0).is_ok()
     }
 }
 
@@ -108,9 +92,7 @@ impl KeyRing {
 
     /// The key with this id, current or retired.
     pub fn get(&self, id: &str) -> Option<&DigestKey> {
-        std::iter::once(&self.current)
-            .chain(&self.previous)
-            .find(|k| k.id() == id)
+        std::iter::once(&self.current).chain(&self.previous).find(|k| k.id() == id)
     }
 }
 
@@ -164,30 +146,18 @@ mod tests {
         let d = k.digest(&phone(), "r1", &code);
         assert!(k.matches(&phone(), "r1", &code, &d));
         assert!(!k.matches(&phone(), "r1", &Code::parse("123457").unwrap(), &d));
-        assert!(
-            !k.matches(&phone(), "r2", &code, &d),
-            "bound to the request"
-        );
+        assert!(!k.matches(&phone(), "r2", &code, &d), "bound to the request");
         let other = Phone::parse("+447911123456").unwrap();
         assert!(!k.matches(&other, "r1", &code, &d), "bound to the phone");
-        assert!(
-            !key(2).matches(&phone(), "r1", &code, &d),
-            "bound to the key"
-        );
+        assert!(!key(2).matches(&phone(), "r1", &code, &d), "bound to the key");
     }
 
     #[test]
     fn digest_is_keyed_not_a_plain_hash() {
         let code = Code::parse("123456").unwrap();
         let plain: [u8; 32] = Sha256::digest(b"123456").into();
-        assert_ne!(
-            String::from(key(1).digest(&phone(), "r1", &code)),
-            hex::encode(plain)
-        );
-        assert_ne!(
-            key(1).digest(&phone(), "r1", &code),
-            key(2).digest(&phone(), "r1", &code)
-        );
+        assert_ne!(String::from(key(1).digest(&phone(), "r1", &code)), hex::encode(plain));
+        assert_ne!(key(1).digest(&phone(), "r1", &code), key(2).digest(&phone(), "r1", &code));
     }
 
     #[test]

@@ -50,11 +50,7 @@ pub struct SendPolicy {
 
 impl Default for SendPolicy {
     fn default() -> Self {
-        Self {
-            resend_cooldown_secs: 30,
-            window_secs: 600,
-            max_per_window: 5,
-        }
+        Self { resend_cooldown_secs: 30, window_secs: 600, max_per_window: 5 }
     }
 }
 
@@ -102,11 +98,7 @@ impl SendPolicy {
     /// How long a send time matters: the window (if that rule is on) or the
     /// cooldown, whichever is longer.
     fn retention(&self) -> Duration {
-        let window = if self.max_per_window > 0 {
-            self.window_secs
-        } else {
-            0
-        };
+        let window = if self.max_per_window > 0 { self.window_secs } else { 0 };
         secs(window.max(self.resend_cooldown_secs))
     }
 
@@ -120,19 +112,13 @@ impl SendPolicy {
             && let Some(last) = history.sends.iter().max()
             && elapsed(*last, now) < secs(self.resend_cooldown_secs)
         {
-            refusal = Some(Limited {
-                rule: Limited::RESEND_COOLDOWN,
-                retry_at: after(*last, self.resend_cooldown_secs),
-            });
+            refusal =
+                Some(Limited { rule: Limited::RESEND_COOLDOWN, retry_at: after(*last, self.resend_cooldown_secs) });
         }
         if self.max_per_window > 0 {
             let window = secs(self.window_secs);
-            let mut in_window: Vec<OffsetDateTime> = history
-                .sends
-                .iter()
-                .copied()
-                .filter(|t| elapsed(*t, now) < window)
-                .collect();
+            let mut in_window: Vec<OffsetDateTime> =
+                history.sends.iter().copied().filter(|t| elapsed(*t, now) < window).collect();
             let max = usize::try_from(self.max_per_window).unwrap_or(usize::MAX);
             if in_window.len() >= max {
                 in_window.sort();
@@ -140,10 +126,7 @@ impl SendPolicy {
                 if let Some(oldest) = in_window.get(in_window.len() - max) {
                     let retry_at = after(*oldest, self.window_secs);
                     if refusal.is_none_or(|r| retry_at > r.retry_at) {
-                        refusal = Some(Limited {
-                            rule: Limited::SEND_WINDOW,
-                            retry_at,
-                        });
+                        refusal = Some(Limited { rule: Limited::SEND_WINDOW, retry_at });
                     }
                 }
             }
@@ -181,10 +164,7 @@ pub struct VerifyLockPolicy {
 
 impl Default for VerifyLockPolicy {
     fn default() -> Self {
-        Self {
-            max_consecutive_failures: 100,
-            lock_secs: 900,
-        }
+        Self { max_consecutive_failures: 100, lock_secs: 900 }
     }
 }
 
@@ -277,25 +257,15 @@ impl GeoPolicy {
     /// ASCII digits is refused (with an empty prefix). Malformed prefixes in
     /// the lists never match (see [`GeoPolicy::validate`]).
     pub fn check(&self, e164: &str) -> Result<(), GeoBlocked> {
-        let refused = |prefix: &str| {
-            Err(GeoBlocked {
-                prefix: prefix.to_owned(),
-            })
-        };
+        let refused = |prefix: &str| Err(GeoBlocked { prefix: prefix.to_owned() });
         let digits = match e164.strip_prefix('+') {
             Some(d) if !d.is_empty() && d.bytes().all(|b| b.is_ascii_digit()) => d,
             _ => return refused(""),
         };
         fn longest<'a>(list: &'a [String], digits: &str) -> Option<&'a str> {
-            list.iter()
-                .map(String::as_str)
-                .filter(|p| valid_prefix(p) && digits.starts_with(p))
-                .max_by_key(|p| p.len())
+            list.iter().map(String::as_str).filter(|p| valid_prefix(p) && digits.starts_with(p)).max_by_key(|p| p.len())
         }
-        match (
-            longest(&self.blocked, digits),
-            longest(&self.allowed, digits),
-        ) {
+        match (longest(&self.blocked, digits), longest(&self.allowed, digits)) {
             (Some(b), Some(a)) if a.len() > b.len() => Ok(()),
             (Some(b), _) => refused(b),
             (None, Some(_)) => Ok(()),
@@ -366,10 +336,7 @@ impl PumpingPolicy {
     /// Refuses a `min_conversion` that is not a number in 0–1.
     pub fn validate(&self) -> Result<(), String> {
         if !(0.0..=1.0).contains(&self.min_conversion) {
-            return Err(format!(
-                "pumping min_conversion = {}: must be between 0 and 1",
-                self.min_conversion
-            ));
+            return Err(format!("pumping min_conversion = {}: must be between 0 and 1", self.min_conversion));
         }
         Ok(())
     }
@@ -395,10 +362,7 @@ impl PumpingPolicy {
         if self.max_sends_per_window > 0 && stats.sends > self.max_sends_per_window {
             return Some(quarantine(
                 Quarantine::PREFIX_VELOCITY,
-                format!(
-                    "{} sends in {} s (max {})",
-                    stats.sends, self.window_secs, self.max_sends_per_window
-                ),
+                format!("{} sends in {} s (max {})", stats.sends, self.window_secs, self.max_sends_per_window),
             ));
         }
         if self.min_volume > 0 && self.min_conversion > 0.0 {
@@ -429,12 +393,7 @@ impl PumpingPolicy {
 /// string yields the digits it starts with, possibly none.
 pub fn prefix_of(policy: &PumpingPolicy, e164: &str) -> String {
     let n = usize::try_from(policy.prefix_digits).unwrap_or(usize::MAX);
-    e164.strip_prefix('+')
-        .unwrap_or(e164)
-        .chars()
-        .take_while(char::is_ascii_digit)
-        .take(n)
-        .collect()
+    e164.strip_prefix('+').unwrap_or(e164).chars().take_while(char::is_ascii_digit).take(n).collect()
 }
 
 /// Sends within one clock minute, stamped with the latest of them.
@@ -466,10 +425,7 @@ pub struct PrefixStats {
 impl PrefixStats {
     /// Empty stats for `prefix` (see [`prefix_of`]).
     pub fn new(prefix: impl Into<String>) -> Self {
-        Self {
-            prefix: prefix.into(),
-            ..Self::default()
-        }
+        Self { prefix: prefix.into(), ..Self::default() }
     }
 
     /// The prefix counted.
@@ -506,17 +462,13 @@ impl PrefixStats {
 
     /// Whether the window is still open at `now`.
     fn window_open(&self, policy: &PumpingPolicy, now: OffsetDateTime) -> bool {
-        self.window_start
-            .is_some_and(|start| elapsed(start, now) < secs(policy.window_secs))
+        self.window_start.is_some_and(|start| elapsed(start, now) < secs(policy.window_secs))
     }
 
     /// Opens a fresh window at `now` if none is open.
     fn roll(&mut self, policy: &PumpingPolicy, now: OffsetDateTime) {
         if !self.window_open(policy, now) {
-            *self = Self {
-                window_start: Some(now),
-                ..Self::new(std::mem::take(&mut self.prefix))
-            };
+            *self = Self { window_start: Some(now), ..Self::new(std::mem::take(&mut self.prefix)) };
         }
     }
 
@@ -536,19 +488,13 @@ impl PrefixStats {
                 b.sends = b.sends.saturating_add(1);
                 b.last = b.last.max(now);
             }
-            _ => self.recent.push(Bucket {
-                last: now,
-                sends: 1,
-            }),
+            _ => self.recent.push(Bucket { last: now, sends: 1 }),
         }
         // Over the cap: fold the oldest buckets into the next one, which is
         // newer, so they count as recent a little longer (conservative).
         let excess = self.recent.len().saturating_sub(MAX_RECENT_BUCKETS);
         if excess > 0 {
-            let folded = self
-                .recent
-                .drain(..excess)
-                .fold(0u32, |sum, b| sum.saturating_add(b.sends));
+            let folded = self.recent.drain(..excess).fold(0u32, |sum, b| sum.saturating_add(b.sends));
             if let Some(first) = self.recent.first_mut() {
                 first.sends = first.sends.saturating_add(folded);
             }
@@ -611,10 +557,7 @@ mod rfc3339_list {
     }
 
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<OffsetDateTime>, D::Error> {
-        Ok(Vec::<Stamp>::deserialize(d)?
-            .into_iter()
-            .map(|s| s.0)
-            .collect())
+        Ok(Vec::<Stamp>::deserialize(d)?.into_iter().map(|s| s.0).collect())
     }
 }
 
@@ -649,10 +592,7 @@ mod tests {
     #[test]
     fn send_policy_defaults() {
         let p = SendPolicy::default();
-        assert_eq!(
-            (p.resend_cooldown_secs, p.window_secs, p.max_per_window),
-            (30, 600, 5)
-        );
+        assert_eq!((p.resend_cooldown_secs, p.window_secs, p.max_per_window), (30, 600, 5));
         let empty = SendHistory::default();
         assert_eq!(p.check(&empty, T0), Ok(()));
         assert!(empty.is_stale(&p, T0));
@@ -662,10 +602,7 @@ mod tests {
     fn cooldown_lifts_exactly_after_cooldown() {
         let p = SendPolicy::default();
         let h = sent(&p, &[0]);
-        let limited = Limited {
-            rule: Limited::RESEND_COOLDOWN,
-            retry_at: at(30),
-        };
+        let limited = Limited { rule: Limited::RESEND_COOLDOWN, retry_at: at(30) };
         assert_eq!(p.check(&h, at(0)), Err(limited));
         assert_eq!(p.check(&h, at(30) - Duration::nanoseconds(1)), Err(limited));
         assert_eq!(p.check(&h, at(30)), Ok(()));
@@ -679,13 +616,7 @@ mod tests {
             assert_eq!(p.check(&h, at(i * 60)), Ok(()), "send {i}");
             p.record(&mut h, at(i * 60));
         }
-        assert_eq!(
-            p.check(&h, at(300)),
-            Err(Limited {
-                rule: Limited::SEND_WINDOW,
-                retry_at: at(600),
-            })
-        );
+        assert_eq!(p.check(&h, at(300)), Err(Limited { rule: Limited::SEND_WINDOW, retry_at: at(600) }));
         assert!(p.check(&h, at(599)).is_err());
         assert_eq!(p.check(&h, at(600)), Ok(()));
         p.record(&mut h, at(600));
@@ -695,50 +626,21 @@ mod tests {
 
     #[test]
     fn window_retry_at_accounts_for_a_lowered_max() {
-        let wide = SendPolicy {
-            resend_cooldown_secs: 0,
-            max_per_window: 10,
-            ..SendPolicy::default()
-        };
+        let wide = SendPolicy { resend_cooldown_secs: 0, max_per_window: 10, ..SendPolicy::default() };
         let h = sent(&wide, &[0, 10, 20, 30, 40]);
-        let narrow = SendPolicy {
-            max_per_window: 3,
-            ..wide
-        };
+        let narrow = SendPolicy { max_per_window: 3, ..wide };
         // Five in the window, three allowed: the third oldest must expire.
-        assert_eq!(
-            narrow.check(&h, at(50)),
-            Err(Limited {
-                rule: Limited::SEND_WINDOW,
-                retry_at: at(620),
-            })
-        );
+        assert_eq!(narrow.check(&h, at(50)), Err(Limited { rule: Limited::SEND_WINDOW, retry_at: at(620) }));
     }
 
     #[test]
     fn the_rule_that_lifts_last_is_reported() {
-        let window_binds = SendPolicy {
-            resend_cooldown_secs: 300,
-            window_secs: 600,
-            max_per_window: 1,
-        };
+        let window_binds = SendPolicy { resend_cooldown_secs: 300, window_secs: 600, max_per_window: 1 };
         let h = sent(&window_binds, &[0]);
-        assert_eq!(
-            window_binds.check(&h, at(1)).map_err(|l| l.rule),
-            Err(Limited::SEND_WINDOW)
-        );
-        let cooldown_binds = SendPolicy {
-            resend_cooldown_secs: 900,
-            ..window_binds
-        };
+        assert_eq!(window_binds.check(&h, at(1)).map_err(|l| l.rule), Err(Limited::SEND_WINDOW));
+        let cooldown_binds = SendPolicy { resend_cooldown_secs: 900, ..window_binds };
         let h = sent(&cooldown_binds, &[0]);
-        assert_eq!(
-            cooldown_binds.check(&h, at(1)),
-            Err(Limited {
-                rule: Limited::RESEND_COOLDOWN,
-                retry_at: at(900),
-            })
-        );
+        assert_eq!(cooldown_binds.check(&h, at(1)), Err(Limited { rule: Limited::RESEND_COOLDOWN, retry_at: at(900) }));
         // A cooldown longer than the window keeps the history alive.
         assert!(!h.is_stale(&cooldown_binds, at(899)));
         assert!(h.is_stale(&cooldown_binds, at(900)));
@@ -746,27 +648,17 @@ mod tests {
 
     #[test]
     fn disabled_send_rules() {
-        let no_cooldown = SendPolicy {
-            resend_cooldown_secs: 0,
-            ..SendPolicy::default()
-        };
+        let no_cooldown = SendPolicy { resend_cooldown_secs: 0, ..SendPolicy::default() };
         let h = sent(&no_cooldown, &[0]);
         assert_eq!(no_cooldown.check(&h, at(0)), Ok(()));
 
-        let no_window = SendPolicy {
-            max_per_window: 0,
-            ..SendPolicy::default()
-        };
+        let no_window = SendPolicy { max_per_window: 0, ..SendPolicy::default() };
         let times: Vec<i64> = (0..50).map(|i| i * 30).collect();
         let h = sent(&no_window, &times);
         assert_eq!(no_window.check(&h, at(1500)), Ok(()));
         assert_eq!(h.sends().len(), 1, "only the last send matters");
 
-        let off = SendPolicy {
-            resend_cooldown_secs: 0,
-            max_per_window: 0,
-            ..SendPolicy::default()
-        };
+        let off = SendPolicy { resend_cooldown_secs: 0, max_per_window: 0, ..SendPolicy::default() };
         let h = sent(&off, &[0, 0, 0]);
         assert_eq!(off.check(&h, at(0)), Ok(()));
         assert!(h.sends().is_empty() && h.is_stale(&off, at(0)));
@@ -774,10 +666,7 @@ mod tests {
 
     #[test]
     fn send_history_is_bounded_and_goes_stale_with_the_window() {
-        let p = SendPolicy {
-            resend_cooldown_secs: 0,
-            ..SendPolicy::default()
-        };
+        let p = SendPolicy { resend_cooldown_secs: 0, ..SendPolicy::default() };
         let h = sent(&p, &[0, 1, 2, 3, 4, 5, 6, 7, 8, 9]);
         assert_eq!(h.sends(), &[at(5), at(6), at(7), at(8), at(9)]);
         assert!(!h.is_stale(&p, at(608)));
@@ -789,22 +678,12 @@ mod tests {
         let p = SendPolicy::default();
         let mut h = sent(&p, &[0]);
         // Now is before the last send: elapsed counts as zero.
-        assert_eq!(
-            p.check(&h, at(-100)),
-            Err(Limited {
-                rule: Limited::RESEND_COOLDOWN,
-                retry_at: at(30),
-            })
-        );
+        assert_eq!(p.check(&h, at(-100)), Err(Limited { rule: Limited::RESEND_COOLDOWN, retry_at: at(30) }));
         p.record(&mut h, at(-100));
         assert_eq!(h.sends(), &[at(-100), at(0)]);
         assert!(!h.is_stale(&p, at(-1000)));
 
-        let huge = SendPolicy {
-            resend_cooldown_secs: u64::MAX,
-            window_secs: u64::MAX,
-            max_per_window: 1,
-        };
+        let huge = SendPolicy { resend_cooldown_secs: u64::MAX, window_secs: u64::MAX, max_per_window: 1 };
         let h = sent(&huge, &[0]);
         let refused = huge.check(&h, at(10)).expect_err("limited");
         assert_eq!(refused.retry_at, LATEST);
@@ -844,10 +723,7 @@ mod tests {
 
     #[test]
     fn lock_expires_at_locked_until() {
-        let p = VerifyLockPolicy {
-            max_consecutive_failures: 2,
-            lock_secs: 60,
-        };
+        let p = VerifyLockPolicy { max_consecutive_failures: 2, lock_secs: 60 };
         let mut f = VerifyFailures::default();
         f.on_failure(&p, T0);
         f.on_failure(&p, T0);
@@ -856,18 +732,12 @@ mod tests {
         assert!(f.is_stale(at(60)));
         // A fresh count starts after the lock.
         f.on_failure(&p, at(60));
-        assert_eq!(
-            (f.consecutive, f.locked_until, f.check(at(60))),
-            (1, None, Ok(()))
-        );
+        assert_eq!((f.consecutive, f.locked_until, f.check(at(60))), (1, None, Ok(())));
     }
 
     #[test]
     fn failures_while_locked_do_not_extend_the_lock() {
-        let p = VerifyLockPolicy {
-            max_consecutive_failures: 1,
-            lock_secs: 60,
-        };
+        let p = VerifyLockPolicy { max_consecutive_failures: 1, lock_secs: 60 };
         let mut f = VerifyFailures::default();
         f.on_failure(&p, T0);
         f.on_failure(&p, at(30));
@@ -892,10 +762,7 @@ mod tests {
 
     #[test]
     fn disabled_lockout_never_locks() {
-        let p = VerifyLockPolicy {
-            max_consecutive_failures: 0,
-            lock_secs: 900,
-        };
+        let p = VerifyLockPolicy { max_consecutive_failures: 0, lock_secs: 900 };
         let mut f = VerifyFailures::default();
         for _ in 0..1000 {
             f.on_failure(&p, T0);
@@ -903,20 +770,14 @@ mod tests {
         assert_eq!(f.check(T0), Ok(()));
         assert!(f.is_stale(T0));
         // A zero-length lock is no lock.
-        let p = VerifyLockPolicy {
-            max_consecutive_failures: 1,
-            lock_secs: 0,
-        };
+        let p = VerifyLockPolicy { max_consecutive_failures: 1, lock_secs: 0 };
         f.on_failure(&p, T0);
         assert_eq!(f.check(T0), Ok(()));
     }
 
     #[test]
     fn verify_failures_round_trip() {
-        let p = VerifyLockPolicy {
-            max_consecutive_failures: 1,
-            lock_secs: u64::MAX,
-        };
+        let p = VerifyLockPolicy { max_consecutive_failures: 1, lock_secs: u64::MAX };
         let mut f = VerifyFailures::default();
         round_trip(&f);
         f.consecutive = 7;
@@ -932,16 +793,11 @@ mod tests {
 
     fn geo(allowed: &[&str], blocked: &[&str]) -> GeoPolicy {
         let owned = |l: &[&str]| l.iter().map(|s| s.to_string()).collect();
-        GeoPolicy {
-            allowed: owned(allowed),
-            blocked: owned(blocked),
-        }
+        GeoPolicy { allowed: owned(allowed), blocked: owned(blocked) }
     }
 
     fn blocked(prefix: &str) -> Result<(), GeoBlocked> {
-        Err(GeoBlocked {
-            prefix: prefix.into(),
-        })
+        Err(GeoBlocked { prefix: prefix.into() })
     }
 
     #[test]
@@ -978,17 +834,7 @@ mod tests {
     #[test]
     fn weird_numbers_are_refused_without_panicking() {
         let p = geo(&[], &["44"]);
-        for weird in [
-            "",
-            "+",
-            "++1",
-            "14155550123",
-            "+1 415",
-            "+1415x",
-            "+\u{661}\u{662}",
-            "é",
-            "+-1",
-        ] {
+        for weird in ["", "+", "++1", "14155550123", "+1 415", "+1415x", "+\u{661}\u{662}", "é", "+-1"] {
             assert_eq!(p.check(weird), blocked(""), "{weird:?}");
         }
         // Malformed prefixes never match (an empty one would match everything).
@@ -998,10 +844,7 @@ mod tests {
 
     #[test]
     fn validate_refuses_malformed_prefixes() {
-        assert_eq!(
-            geo(&["1", "44", "1242", "123456"], &["9"]).validate(),
-            Ok(())
-        );
+        assert_eq!(geo(&["1", "44", "1242", "123456"], &["9"]).validate(), Ok(()));
         for bad in ["", "+44", "1234567", "4a", "0", "07", " 1", "\u{661}"] {
             assert!(geo(&[bad], &[]).validate().is_err(), "allowed {bad:?}");
             let err = geo(&["1"], &["44", bad]).validate().expect_err("refused");
@@ -1045,24 +888,15 @@ mod tests {
         for weird in ["", "+", "abc", "+\u{661}\u{662}", "++1", "é+1"] {
             assert_eq!(prefix_of(&p, weird), "", "{weird:?}");
         }
-        let p = PumpingPolicy {
-            prefix_digits: 0,
-            ..pumping()
-        };
+        let p = PumpingPolicy { prefix_digits: 0, ..pumping() };
         assert_eq!(prefix_of(&p, "+14155550123"), "");
-        let p = PumpingPolicy {
-            prefix_digits: u32::MAX,
-            ..pumping()
-        };
+        let p = PumpingPolicy { prefix_digits: u32::MAX, ..pumping() };
         assert_eq!(prefix_of(&p, "+14155550123"), "14155550123");
     }
 
     #[test]
     fn velocity_fires_one_over_the_max() {
-        let p = PumpingPolicy {
-            min_volume: 0,
-            ..pumping()
-        };
+        let p = PumpingPolicy { min_volume: 0, ..pumping() };
         let mut s = PrefixStats::new("141555");
         send_n(&mut s, &p, 200, 0);
         assert_eq!(p.evaluate(&s, at(0)), None);
@@ -1086,22 +920,12 @@ mod tests {
         let mut s = PrefixStats::new("141555");
         send_n(&mut s, &p, 150, 0);
         s.on_verified(&p, at(10));
-        assert_eq!(
-            (s.sends(), s.verified(), s.window_start()),
-            (150, 1, Some(at(0)))
-        );
+        assert_eq!((s.sends(), s.verified(), s.window_start()), (150, 1, Some(at(0))));
         assert!(!s.is_stale(&p, at(3599)));
         assert!(s.is_stale(&p, at(3600)));
-        assert_eq!(
-            p.evaluate(&s, at(3600)),
-            None,
-            "an ended window counts nothing"
-        );
+        assert_eq!(p.evaluate(&s, at(3600)), None, "an ended window counts nothing");
         send_n(&mut s, &p, 100, 3600);
-        assert_eq!(
-            (s.sends(), s.verified(), s.window_start()),
-            (100, 0, Some(at(3600)))
-        );
+        assert_eq!((s.sends(), s.verified(), s.window_start()), (100, 0, Some(at(3600))));
         assert_eq!(s.prefix(), "141555");
         assert_eq!(p.evaluate(&s, at(3600)), None);
     }
@@ -1122,10 +946,7 @@ mod tests {
         }
         let q = p.evaluate(&s, at(300)).expect("quarantined");
         assert_eq!(q.rule, Quarantine::LOW_CONVERSION);
-        assert_eq!(
-            q.detail,
-            "conversion 8.0 % (4/50) below 10.0 % with at least 50 sends"
-        );
+        assert_eq!(q.detail, "conversion 8.0 % (4/50) below 10.0 % with at least 50 sends");
         assert_eq!((q.since, q.until), (at(300), at(3900)));
         // One settled send fewer than min_volume: not judged.
         let mut s = PrefixStats::new("234803");
@@ -1142,10 +963,7 @@ mod tests {
             s.on_verified(&p, at(100));
         }
         let q = p.evaluate(&s, at(400)).expect("quarantined");
-        assert_eq!(
-            q.detail,
-            "conversion 3.1 % (4/129) below 10.0 % with at least 50 sends"
-        );
+        assert_eq!(q.detail, "conversion 3.1 % (4/129) below 10.0 % with at least 50 sends");
     }
 
     #[test]
@@ -1170,10 +988,7 @@ mod tests {
         assert!(q.detail.contains("(0/80)"), "{}", q.detail);
 
         // No grace: everything counts at once.
-        let p = PumpingPolicy {
-            conversion_grace_secs: 0,
-            ..pumping()
-        };
+        let p = PumpingPolicy { conversion_grace_secs: 0, ..pumping() };
         let mut s = PrefixStats::new("234803");
         send_n(&mut s, &p, 50, 0);
         assert_eq!(s.settled_sends(&p, at(0)), 50);
@@ -1187,61 +1002,16 @@ mod tests {
         send_n(&mut s, &base, 500, 0);
         assert!(base.evaluate(&s, at(300)).is_some());
         let off = |p: PumpingPolicy| p.evaluate(&s, at(300));
-        assert_eq!(
-            off(PumpingPolicy {
-                prefix_digits: 0,
-                ..base
-            }),
-            None
-        );
-        assert_eq!(
-            off(PumpingPolicy {
-                window_secs: 0,
-                ..base
-            }),
-            None
-        );
-        assert_eq!(
-            off(PumpingPolicy {
-                quarantine_secs: 0,
-                ..base
-            }),
-            None
-        );
-        let no_velocity = PumpingPolicy {
-            max_sends_per_window: 0,
-            ..base
-        };
-        assert_eq!(
-            off(no_velocity).map(|q| q.rule),
-            Some(Quarantine::LOW_CONVERSION.to_owned())
-        );
-        assert_eq!(
-            off(PumpingPolicy {
-                min_volume: 0,
-                ..no_velocity
-            }),
-            None
-        );
-        assert_eq!(
-            off(PumpingPolicy {
-                min_conversion: 0.0,
-                ..no_velocity
-            }),
-            None
-        );
-        assert_eq!(
-            off(PumpingPolicy {
-                min_conversion: f64::NAN,
-                ..no_velocity
-            }),
-            None
-        );
+        assert_eq!(off(PumpingPolicy { prefix_digits: 0, ..base }), None);
+        assert_eq!(off(PumpingPolicy { window_secs: 0, ..base }), None);
+        assert_eq!(off(PumpingPolicy { quarantine_secs: 0, ..base }), None);
+        let no_velocity = PumpingPolicy { max_sends_per_window: 0, ..base };
+        assert_eq!(off(no_velocity).map(|q| q.rule), Some(Quarantine::LOW_CONVERSION.to_owned()));
+        assert_eq!(off(PumpingPolicy { min_volume: 0, ..no_velocity }), None);
+        assert_eq!(off(PumpingPolicy { min_conversion: 0.0, ..no_velocity }), None);
+        assert_eq!(off(PumpingPolicy { min_conversion: f64::NAN, ..no_velocity }), None);
         // A zero window keeps nothing.
-        let p = PumpingPolicy {
-            window_secs: 0,
-            ..base
-        };
+        let p = PumpingPolicy { window_secs: 0, ..base };
         let mut s = PrefixStats::new("234803");
         send_n(&mut s, &p, 3, 0);
         assert_eq!(s.sends(), 1);
@@ -1250,23 +1020,14 @@ mod tests {
 
     #[test]
     fn quarantine_expires_at_until() {
-        let p = PumpingPolicy {
-            max_sends_per_window: 1,
-            ..pumping()
-        };
+        let p = PumpingPolicy { max_sends_per_window: 1, ..pumping() };
         let mut s = PrefixStats::new("141555");
         send_n(&mut s, &p, 2, 0);
         let q = p.evaluate(&s, at(0)).expect("quarantined");
-        assert!(
-            q.is_active(at(-10)),
-            "a clock going backwards stays quarantined"
-        );
+        assert!(q.is_active(at(-10)), "a clock going backwards stays quarantined");
         assert!(q.is_active(at(3600) - Duration::nanoseconds(1)));
         assert!(!q.is_active(at(3600)));
-        let forever = PumpingPolicy {
-            quarantine_secs: u64::MAX,
-            ..p
-        };
+        let forever = PumpingPolicy { quarantine_secs: u64::MAX, ..p };
         let q = forever.evaluate(&s, at(0)).expect("quarantined");
         assert_eq!(q.until, LATEST);
         round_trip(&q);
@@ -1284,11 +1045,7 @@ mod tests {
 
     #[test]
     fn recent_buckets_stay_bounded() {
-        let p = PumpingPolicy {
-            window_secs: 86_400 * 7,
-            conversion_grace_secs: 86_400,
-            ..pumping()
-        };
+        let p = PumpingPolicy { window_secs: 86_400 * 7, conversion_grace_secs: 86_400, ..pumping() };
         let mut s = PrefixStats::new("141555");
         for minute in 0..1000 {
             s.on_send(&p, at(minute * 60));
@@ -1341,26 +1098,17 @@ mod tests {
         };
         round_trip(&q);
         let json = serde_json::to_string(&q).expect("serializes");
-        assert!(
-            json.contains("\"until\":\"2025-03-01T13:00:00Z\""),
-            "{json}"
-        );
+        assert!(json.contains("\"until\":\"2025-03-01T13:00:00Z\""), "{json}");
     }
 
     #[test]
     fn pumping_validate_refuses_bad_conversion() {
         for bad in [f64::NAN, -0.1, 1.5, f64::INFINITY] {
-            let p = PumpingPolicy {
-                min_conversion: bad,
-                ..pumping()
-            };
+            let p = PumpingPolicy { min_conversion: bad, ..pumping() };
             assert!(p.validate().is_err(), "{bad}");
         }
         for good in [0.0, 0.5, 1.0] {
-            let p = PumpingPolicy {
-                min_conversion: good,
-                ..pumping()
-            };
+            let p = PumpingPolicy { min_conversion: good, ..pumping() };
             assert_eq!(p.validate(), Ok(()));
         }
     }
@@ -1440,34 +1188,12 @@ mod tests {
 
     #[test]
     fn policies_deserialize_with_defaults_and_refuse_unknown_fields() {
-        config_round_trip(
-            SendPolicy::default(),
-            r#"{"max_per_window": 3}"#,
-            r#"{"max_per_windw": 3}"#,
-        );
-        config_round_trip(
-            VerifyLockPolicy::default(),
-            r#"{"lock_secs": 60}"#,
-            r#"{"lock": 60}"#,
-        );
-        config_round_trip(
-            GeoPolicy::default(),
-            r#"{"blocked": ["1242"]}"#,
-            r#"{"deny": ["1242"]}"#,
-        );
-        config_round_trip(
-            PumpingPolicy::default(),
-            r#"{"min_conversion": 0.2}"#,
-            r#"{"min_convertion": 0.2}"#,
-        );
+        config_round_trip(SendPolicy::default(), r#"{"max_per_window": 3}"#, r#"{"max_per_windw": 3}"#);
+        config_round_trip(VerifyLockPolicy::default(), r#"{"lock_secs": 60}"#, r#"{"lock": 60}"#);
+        config_round_trip(GeoPolicy::default(), r#"{"blocked": ["1242"]}"#, r#"{"deny": ["1242"]}"#);
+        config_round_trip(PumpingPolicy::default(), r#"{"min_conversion": 0.2}"#, r#"{"min_convertion": 0.2}"#);
         let p: SendPolicy = serde_json::from_str(r#"{"max_per_window": 3}"#).expect("partial");
-        assert_eq!(
-            p,
-            SendPolicy {
-                max_per_window: 3,
-                ..SendPolicy::default()
-            }
-        );
+        assert_eq!(p, SendPolicy { max_per_window: 3, ..SendPolicy::default() });
     }
 }
 

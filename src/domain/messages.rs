@@ -170,22 +170,13 @@ pub struct Event {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retry_after_secs: Option<u64>,
     /// When the code expires (`event.accepted`).
-    #[serde(
-        default,
-        skip_serializing_if = "Option::is_none",
-        with = "time::serde::rfc3339::option"
-    )]
+    #[serde(default, skip_serializing_if = "Option::is_none", with = "time::serde::rfc3339::option")]
     pub expires_at: Option<OffsetDateTime>,
 }
 
 impl Event {
     /// An event with only the required fields set; `phone` is masked here.
-    pub fn new(
-        status: EventKind,
-        request_id: Option<String>,
-        phone: &str,
-        at: OffsetDateTime,
-    ) -> Self {
+    pub fn new(status: EventKind, request_id: Option<String>, phone: &str, at: OffsetDateTime) -> Self {
         Self {
             request_id,
             phone: crate::domain::phone::mask(phone),
@@ -237,11 +228,7 @@ pub struct Reply {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retry_after_secs: Option<u64>,
     /// When the issued code expires.
-    #[serde(
-        default,
-        skip_serializing_if = "Option::is_none",
-        with = "time::serde::rfc3339::option"
-    )]
+    #[serde(default, skip_serializing_if = "Option::is_none", with = "time::serde::rfc3339::option")]
     pub expires_at: Option<OffsetDateTime>,
 }
 

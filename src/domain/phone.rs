@@ -38,10 +38,7 @@ impl Phone {
             return Err(PhoneError::Invalid);
         }
         let e164 = parsed.format().mode(phonenumber::Mode::E164).to_string();
-        Ok(Self {
-            e164,
-            country_code: parsed.code().value(),
-        })
+        Ok(Self { e164, country_code: parsed.code().value() })
     }
 
     /// The full number, `+` and digits. Never log it: use `Display` instead.
@@ -120,12 +117,7 @@ mod tests {
 
     #[test]
     fn accepts_valid_e164_numbers() {
-        for n in [
-            "+14155550123",
-            "+447911123456",
-            "+919876543210",
-            "+4915123456789",
-        ] {
+        for n in ["+14155550123", "+447911123456", "+919876543210", "+4915123456789"] {
             let p = Phone::parse(n).unwrap_or_else(|e| panic!("{n}: {e}"));
             assert_eq!(p.e164(), n);
         }
@@ -134,15 +126,9 @@ mod tests {
 
     #[test]
     fn refuses_malformed_numbers() {
-        for n in [
-            "",
-            "14155550123",
-            "+1 415 555 0123",
-            "+1415555",
-            "+1234567890123456",
-            "+1415abc0123",
-            "++14155550123",
-        ] {
+        for n in
+            ["", "14155550123", "+1 415 555 0123", "+1415555", "+1234567890123456", "+1415abc0123", "++14155550123"]
+        {
             assert_eq!(Phone::parse(n), Err(PhoneError::NotE164), "{n}");
         }
     }

@@ -59,11 +59,8 @@ impl RawRequest {
         let serde_json::Value::Object(map) = value else {
             return Err(DecodeError::Malformed("expected a JSON object".into()));
         };
-        let request_id = map
-            .get("request_id")
-            .and_then(|v| v.as_str())
-            .filter(|id| valid_request_id(id))
-            .map(str::to_owned);
+        let request_id =
+            map.get("request_id").and_then(|v| v.as_str()).filter(|id| valid_request_id(id)).map(str::to_owned);
         serde_json::from_value(serde_json::Value::Object(map)).map_err(|e| DecodeError::Invalid {
             request_id,
             detail: crate::domain::phone::redact_numbers(&e.to_string()),
@@ -112,10 +109,7 @@ pub struct Rejection {
 
 impl Rejection {
     fn invalid(detail: impl Into<String>) -> Self {
-        Self {
-            reason: RejectReason::InvalidRequest,
-            detail: detail.into(),
-        }
+        Self { reason: RejectReason::InvalidRequest, detail: detail.into() }
     }
 }
 
@@ -130,10 +124,7 @@ pub struct Limits {
 
 impl Default for Limits {
     fn default() -> Self {
-        Self {
-            default_code_length: CodeLength::default(),
-            default_ttl_secs: 300,
-        }
+        Self { default_code_length: CodeLength::default(), default_ttl_secs: 300 }
     }
 }
 
@@ -160,20 +151,14 @@ fn valid_request_id(id: &str) -> bool {
 
 impl RawRequest {
     /// Checks every field and applies defaults.
-    pub fn validate(
-        self,
-        limits: &Limits,
-        templates: &Templates,
-    ) -> Result<ValidRequest, Rejection> {
+    pub fn validate(self, limits: &Limits, templates: &Templates) -> Result<ValidRequest, Rejection> {
         if !valid_request_id(&self.request_id) {
             return Err(Rejection::invalid(format!(
                 "request_id must be 1-{MAX_REQUEST_ID_LEN} printable ASCII characters"
             )));
         }
-        let phone = Phone::parse(&self.phone).map_err(|e| Rejection {
-            reason: RejectReason::InvalidPhone,
-            detail: e.to_string(),
-        })?;
+        let phone = Phone::parse(&self.phone)
+            .map_err(|e| Rejection { reason: RejectReason::InvalidPhone, detail: e.to_string() })?;
         let code_length = match self.code_length {
             None => limits.default_code_length,
             Some(n) => CodeLength::try_from(n).map_err(Rejection::invalid)?,
@@ -194,16 +179,10 @@ impl RawRequest {
                 )));
             }
         }
-        let template = self
-            .template
-            .unwrap_or_else(|| Templates::DEFAULT_NAME.to_owned());
-        let locale = self
-            .locale
-            .unwrap_or_else(|| Templates::DEFAULT_LOCALE.to_owned());
+        let template = self.template.unwrap_or_else(|| Templates::DEFAULT_NAME.to_owned());
+        let locale = self.locale.unwrap_or_else(|| Templates::DEFAULT_LOCALE.to_owned());
         if !templates.contains(&template, &locale) {
-            return Err(Rejection::invalid(format!(
-                "unknown template {template:?} for locale {locale:?}"
-            )));
+            return Err(Rejection::invalid(format!("unknown template {template:?} for locale {locale:?}")));
         }
         Ok(ValidRequest {
             request_id: self.request_id,
@@ -218,10 +197,7 @@ impl RawRequest {
 
 impl From<PhoneError> for Rejection {
     fn from(e: PhoneError) -> Self {
-        Self {
-            reason: RejectReason::InvalidPhone,
-            detail: e.to_string(),
-        }
+        Self { reason: RejectReason::InvalidPhone, detail: e.to_string() }
     }
 }
 
@@ -230,11 +206,7 @@ mod tests {
     use super::*;
 
     fn raw() -> RawRequest {
-        RawRequest {
-            request_id: "order-42-login-1".into(),
-            phone: "+14155550123".into(),
-            ..Default::default()
-        }
+        RawRequest { request_id: "order-42-login-1".into(), phone: "+14155550123".into(), ..Default::default() }
     }
 
     fn check(r: RawRequest) -> Result<ValidRequest, Rejection> {
@@ -261,33 +233,17 @@ mod tests {
     #[test]
     fn non_json_and_non_objects_are_malformed() {
         for body in [&b"not json"[..], b"[1,2]", b"\"x\"", b"\xff\xfe", b""] {
-            assert!(
-                matches!(RawRequest::decode(body), Err(DecodeError::Malformed(_))),
-                "{body:?}"
-            );
+            assert!(matches!(RawRequest::decode(body), Err(DecodeError::Malformed(_))), "{body:?}");
         }
     }
 
     #[test]
     fn objects_of_the_wrong_shape_are_invalid_with_their_id() {
-        let err = RawRequest::decode(br#"{"request_id":"r1","phone":"+14155550123","ttl":5}"#)
-            .unwrap_err();
-        assert!(
-            matches!(err, DecodeError::Invalid { request_id: Some(ref id), .. } if id == "r1"),
-            "{err:?}"
-        );
+        let err = RawRequest::decode(br#"{"request_id":"r1","phone":"+14155550123","ttl":5}"#).unwrap_err();
+        assert!(matches!(err, DecodeError::Invalid { request_id: Some(ref id), .. } if id == "r1"), "{err:?}");
         let err = RawRequest::decode(br#"{"phone":"+14155550123"}"#).unwrap_err();
-        assert!(matches!(
-            err,
-            DecodeError::Invalid {
-                request_id: None,
-                ..
-            }
-        ));
-        let err = RawRequest::decode(
-            br#"{"request_id":"r1","phone":"+14155550123","code_length":"six"}"#,
-        )
-        .unwrap_err();
+        assert!(matches!(err, DecodeError::Invalid { request_id: None, .. }));
+        let err = RawRequest::decode(br#"{"request_id":"r1","phone":"+14155550123","code_length":"six"}"#).unwrap_err();
         assert!(matches!(err, DecodeError::Invalid { .. }));
         let err = RawRequest::decode(br#"{"request_id":"r1","phone":14155550123}"#).unwrap_err();
         assert!(!err.to_string().contains("4155550123"), "{err}");
@@ -296,80 +252,42 @@ mod tests {
     #[test]
     fn request_id_must_be_printable_ascii_up_to_128() {
         for id in ["", "é", "a\nb", &"x".repeat(129)] {
-            let r = RawRequest {
-                request_id: id.into(),
-                ..raw()
-            };
-            assert_eq!(
-                check(r).unwrap_err().reason,
-                RejectReason::InvalidRequest,
-                "{id:?}"
-            );
+            let r = RawRequest { request_id: id.into(), ..raw() };
+            assert_eq!(check(r).unwrap_err().reason, RejectReason::InvalidRequest, "{id:?}");
         }
-        let r = RawRequest {
-            request_id: "x".repeat(128),
-            ..raw()
-        };
+        let r = RawRequest { request_id: "x".repeat(128), ..raw() };
         assert!(check(r).is_ok());
     }
 
     #[test]
     fn bad_phone_is_invalid_phone() {
-        let r = RawRequest {
-            phone: "0044 7700".into(),
-            ..raw()
-        };
+        let r = RawRequest { phone: "0044 7700".into(), ..raw() };
         assert_eq!(check(r).unwrap_err().reason, RejectReason::InvalidPhone);
     }
 
     #[test]
     fn ranges_are_enforced() {
-        for (len, ttl) in [
-            (Some(3), None),
-            (Some(11), None),
-            (None, Some(29)),
-            (None, Some(3601)),
-        ] {
-            let r = RawRequest {
-                code_length: len,
-                ttl_secs: ttl,
-                ..raw()
-            };
+        for (len, ttl) in [(Some(3), None), (Some(11), None), (None, Some(29)), (None, Some(3601))] {
+            let r = RawRequest { code_length: len, ttl_secs: ttl, ..raw() };
             assert_eq!(check(r).unwrap_err().reason, RejectReason::InvalidRequest);
         }
-        let r = RawRequest {
-            code_length: Some(10),
-            ttl_secs: Some(30),
-            ..raw()
-        };
+        let r = RawRequest { code_length: Some(10), ttl_secs: Some(30), ..raw() };
         assert!(check(r).is_ok());
     }
 
     #[test]
     fn only_sms_and_known_templates() {
-        let r = RawRequest {
-            channel: Some("voice".into()),
-            ..raw()
-        };
+        let r = RawRequest { channel: Some("voice".into()), ..raw() };
         assert!(check(r).unwrap_err().detail.contains("sms"));
-        let r = RawRequest {
-            template: Some("nope".into()),
-            ..raw()
-        };
+        let r = RawRequest { template: Some("nope".into()), ..raw() };
         assert!(check(r).unwrap_err().detail.contains("unknown template"));
-        let r = RawRequest {
-            locale: Some("xx".into()),
-            ..raw()
-        };
+        let r = RawRequest { locale: Some("xx".into()), ..raw() };
         assert_eq!(check(r).unwrap_err().reason, RejectReason::InvalidRequest);
     }
 
     #[test]
     fn rejection_detail_never_contains_the_number() {
-        let r = RawRequest {
-            phone: "+10005550123".into(),
-            ..raw()
-        };
+        let r = RawRequest { phone: "+10005550123".into(), ..raw() };
         let e = check(r).unwrap_err();
         assert!(!e.to_string().contains("0005550123"));
     }

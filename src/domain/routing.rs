@@ -89,10 +89,7 @@ impl Routes {
                 }
             })
             .expect("ticket below the total weight");
-        std::iter::once(first)
-            .chain((0..route.len()).filter(|&i| i != first))
-            .map(|i| route[i].0.as_str())
-            .collect()
+        std::iter::once(first).chain((0..route.len()).filter(|&i| i != first)).map(|i| route[i].0.as_str()).collect()
     }
 }
 
@@ -154,21 +151,12 @@ mod tests {
 
     #[test]
     fn bad_tables_are_refused() {
-        assert!(matches!(
-            Routes::new(vec![], vec![]),
-            Err(RoutingError::Empty(_))
-        ));
-        assert!(matches!(
-            Routes::new(route(&[("a", 0)]), vec![]),
-            Err(RoutingError::NoWeight(_))
-        ));
+        assert!(matches!(Routes::new(vec![], vec![]), Err(RoutingError::Empty(_))));
+        assert!(matches!(Routes::new(route(&[("a", 0)]), vec![]), Err(RoutingError::NoWeight(_))));
         assert!(matches!(
             Routes::new(route(&[("a", 1)]), vec![("+91".into(), route(&[("a", 1)]))]),
             Err(RoutingError::BadCallingCode(_))
         ));
-        assert_eq!(
-            table().carriers().into_iter().collect::<Vec<_>>(),
-            ["msg91", "twilio", "vonage"]
-        );
+        assert_eq!(table().carriers().into_iter().collect::<Vec<_>>(), ["msg91", "twilio", "vonage"]);
     }
 }

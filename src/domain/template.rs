@@ -39,9 +39,7 @@ impl Templates {
 
     /// Builds the set from configuration, adding the built-in `login`/`en`
     /// text unless the configuration overrides it.
-    pub fn new(
-        configured: BTreeMap<String, BTreeMap<String, String>>,
-    ) -> Result<Self, TemplateError> {
+    pub fn new(configured: BTreeMap<String, BTreeMap<String, String>>) -> Result<Self, TemplateError> {
         let mut by_name = configured;
         by_name
             .entry(Self::DEFAULT_NAME.to_owned())
@@ -66,14 +64,7 @@ impl Templates {
     }
 
     /// Renders `name`/`locale`; `None` if it does not exist.
-    pub fn render(
-        &self,
-        name: &str,
-        locale: &str,
-        code: &Code,
-        ttl: Duration,
-        app: &str,
-    ) -> Option<String> {
+    pub fn render(&self, name: &str, locale: &str, code: &Code, ttl: Duration, app: &str) -> Option<String> {
         let text = self.text(name, locale)?;
         // Round up: a 90-second code "expires in 2 min", never "in 1 min".
         let minutes = ttl.whole_seconds().saturating_add(59) / 60;
@@ -101,8 +92,7 @@ impl Default for Templates {
 }
 
 fn check(name: &str, locale: &str, text: &str) -> Result<(), TemplateError> {
-    let bad =
-        |p: &str| TemplateError::BadPlaceholder(name.to_owned(), locale.to_owned(), p.to_owned());
+    let bad = |p: &str| TemplateError::BadPlaceholder(name.to_owned(), locale.to_owned(), p.to_owned());
     let mut has_code = false;
     let mut rest = text;
     while let Some(start) = rest.find('{') {
@@ -117,10 +107,7 @@ fn check(name: &str, locale: &str, text: &str) -> Result<(), TemplateError> {
         rest = &rest[start + len + 1..];
     }
     if !has_code {
-        return Err(TemplateError::MissingCode(
-            name.to_owned(),
-            locale.to_owned(),
-        ));
+        return Err(TemplateError::MissingCode(name.to_owned(), locale.to_owned()));
     }
     Ok(())
 }
@@ -131,68 +118,30 @@ mod tests {
 
     fn set(name: &str, locale: &str, text: &str) -> Result<Templates, TemplateError> {
         let mut m = BTreeMap::new();
-        m.entry(name.to_owned())
-            .or_insert_with(BTreeMap::new)
-            .insert(locale.to_owned(), text.to_owned());
+        m.entry(name.to_owned()).or_insert_with(BTreeMap::new).insert(locale.to_owned(), text.to_owned());
         Templates::new(m)
     }
 
     #[test]
     fn renders_every_placeholder() {
-        let t = set(
-            "reset",
-            "de",
-            "{app} Code {code}, gültig {ttl_minutes} Min. ({code})",
-        )
-        .unwrap();
+        let t = set("reset", "de", "{app} Code {code}, gültig {ttl_minutes} Min. ({code})").unwrap();
         let code = Code::parse("042917").unwrap();
-        let text = t
-            .render("reset", "de", &code, Duration::seconds(90), "Shop")
-            .unwrap();
+        let text = t.render("reset", "de", &code, Duration::seconds(90), "Shop").unwrap();
         assert_eq!(text, "Shop Code 042917, gültig 2 Min. (042917)");
     }
 
     #[test]
     fn default_template_is_always_there() {
         let t = Templates::default();
-        let text = t
-            .render(
-                "login",
-                "en",
-                &Code::parse("1234").unwrap(),
-                Duration::minutes(5),
-                "Acme",
-            )
-            .unwrap();
-        assert_eq!(
-            text,
-            "Acme: your verification code is 1234. It expires in 5 min. Never share it."
-        );
-        assert!(
-            t.render(
-                "login",
-                "fr",
-                &Code::parse("1234").unwrap(),
-                Duration::minutes(5),
-                "Acme"
-            )
-            .is_none()
-        );
+        let text = t.render("login", "en", &Code::parse("1234").unwrap(), Duration::minutes(5), "Acme").unwrap();
+        assert_eq!(text, "Acme: your verification code is 1234. It expires in 5 min. Never share it.");
+        assert!(t.render("login", "fr", &Code::parse("1234").unwrap(), Duration::minutes(5), "Acme").is_none());
     }
 
     #[test]
     fn bad_templates_are_refused_at_load() {
-        assert!(matches!(
-            set("a", "en", "no code here"),
-            Err(TemplateError::MissingCode(..))
-        ));
-        assert!(matches!(
-            set("a", "en", "{code} {name}"),
-            Err(TemplateError::BadPlaceholder(..))
-        ));
-        assert!(matches!(
-            set("a", "en", "{code} {oops"),
-            Err(TemplateError::BadPlaceholder(..))
-        ));
+        assert!(matches!(set("a", "en", "no code here"), Err(TemplateError::MissingCode(..))));
+        assert!(matches!(set("a", "en", "{code} {name}"), Err(TemplateError::BadPlaceholder(..))));
+        assert!(matches!(set("a", "en", "{code} {oops"), Err(TemplateError::BadPlaceholder(..))));
     }
 }

@@ -84,11 +84,7 @@ pub enum Transition {
 ///
 /// A locked record is kept until it expires, so a right code after too many
 /// wrong ones still answers "max attempts", not "not found".
-pub fn decide(
-    record: Option<&CodeRecord>,
-    matched: bool,
-    now: OffsetDateTime,
-) -> (VerifyOutcome, Transition) {
+pub fn decide(record: Option<&CodeRecord>, matched: bool, now: OffsetDateTime) -> (VerifyOutcome, Transition) {
     let Some(record) = record else {
         return (VerifyOutcome::NotFound, Transition::Keep);
     };
@@ -97,29 +93,17 @@ pub fn decide(
         return (VerifyOutcome::Expired { request_id }, Transition::Remove);
     }
     if record.attempts_left == 0 {
-        return (
-            VerifyOutcome::MaxAttemptsReached { request_id },
-            Transition::Keep,
-        );
+        return (VerifyOutcome::MaxAttemptsReached { request_id }, Transition::Keep);
     }
     if matched {
         return (VerifyOutcome::Approved { request_id }, Transition::Remove);
     }
     let attempts_left = record.attempts_left - 1;
-    let next = CodeRecord {
-        attempts_left,
-        ..record.clone()
-    };
+    let next = CodeRecord { attempts_left, ..record.clone() };
     if attempts_left == 0 {
-        (
-            VerifyOutcome::MaxAttemptsReached { request_id },
-            Transition::Replace(next),
-        )
+        (VerifyOutcome::MaxAttemptsReached { request_id }, Transition::Replace(next))
     } else {
-        (
-            VerifyOutcome::Invalid { attempts_left },
-            Transition::Replace(next),
-        )
+        (VerifyOutcome::Invalid { attempts_left }, Transition::Replace(next))
     }
 }
 
@@ -145,12 +129,7 @@ mod tests {
     fn right_code_is_approved_and_removed() {
         let now = OffsetDateTime::now_utc();
         let (o, t) = decide(Some(&record(now, 5)), true, now);
-        assert_eq!(
-            o,
-            VerifyOutcome::Approved {
-                request_id: "r1".into()
-            }
-        );
+        assert_eq!(o, VerifyOutcome::Approved { request_id: "r1".into() });
         assert_eq!(t, Transition::Remove);
     }
 
@@ -160,22 +139,13 @@ mod tests {
         let mut r = record(now, 5);
         for left in (1..=4).rev() {
             let (o, t) = decide(Some(&r), false, now);
-            assert_eq!(
-                o,
-                VerifyOutcome::Invalid {
-                    attempts_left: left
-                }
-            );
-            let Transition::Replace(next) = t else {
-                panic!("expected replace")
-            };
+            assert_eq!(o, VerifyOutcome::Invalid { attempts_left: left });
+            let Transition::Replace(next) = t else { panic!("expected replace") };
             r = next;
         }
         let (o, t) = decide(Some(&r), false, now);
         assert_eq!(o.label(), "max_attempts_reached");
-        let Transition::Replace(locked) = t else {
-            panic!("expected replace")
-        };
+        let Transition::Replace(locked) = t else { panic!("expected replace") };
         // Even the right code is refused now.
         let (o, t) = decide(Some(&locked), true, now);
         assert_eq!(o.label(), "max_attempts_reached");
@@ -188,12 +158,7 @@ mod tests {
         let r = record(now, 5);
         let later = now + Duration::minutes(5);
         let (o, t) = decide(Some(&r), true, later);
-        assert_eq!(
-            o,
-            VerifyOutcome::Expired {
-                request_id: "r1".into()
-            }
-        );
+        assert_eq!(o, VerifyOutcome::Expired { request_id: "r1".into() });
         assert_eq!(t, Transition::Remove);
         let (o, _) = decide(Some(&record(now, 0)), true, later);
         assert_eq!(o.label(), "expired");

@@ -22,26 +22,13 @@ pub async fn quarantines(State(state): State<ApiState>) -> Result<Response, ApiE
 }
 
 /// Lifts one: 200 `{"lifted": prefix}`, or 404 if none was in force.
-pub async fn lift(
-    State(state): State<ApiState>,
-    Path(prefix): Path<String>,
-) -> Result<Response, ApiError> {
+pub async fn lift(State(state): State<ApiState>, Path(prefix): Path<String>) -> Result<Response, ApiError> {
     if prefix.is_empty() || prefix.len() > 15 || !prefix.bytes().all(|b| b.is_ascii_digit()) {
-        return Err(ApiError::bad_request(
-            "prefix must be the quarantined digits, without '+'",
-        ));
+        return Err(ApiError::bad_request("prefix must be the quarantined digits, without '+'"));
     }
-    if state
-        .generator
-        .lift_quarantine(&prefix)
-        .map_err(unavailable)?
-    {
+    if state.generator.lift_quarantine(&prefix).map_err(unavailable)? {
         Ok(axum::Json(json!({ "lifted": prefix })).into_response())
     } else {
-        Ok((
-            StatusCode::NOT_FOUND,
-            axum::Json(json!({ "status": "not_found" })),
-        )
-            .into_response())
+        Ok((StatusCode::NOT_FOUND, axum::Json(json!({ "status": "not_found" }))).into_response())
     }
 }

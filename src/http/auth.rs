@@ -21,17 +21,13 @@ pub struct ApiKeys {
 }
 
 fn digests<S: AsRef<str>>(keys: &[S]) -> Vec<[u8; 32]> {
-    keys.iter()
-        .map(|k| Sha256::digest(k.as_ref().as_bytes()).into())
-        .collect()
+    keys.iter().map(|k| Sha256::digest(k.as_ref().as_bytes()).into()).collect()
 }
 
 impl ApiKeys {
     /// From the plaintext keys.
     pub fn new<S: AsRef<str>>(keys: &[S]) -> Self {
-        Self {
-            digests: RwLock::new(digests(keys)),
-        }
+        Self { digests: RwLock::new(digests(keys)) }
     }
 
     /// Swaps in a new set of keys; requests in flight finish with the old set.
@@ -51,11 +47,7 @@ impl ApiKeys {
 }
 
 fn bearer(request: &Request) -> Option<&str> {
-    let value = request
-        .headers()
-        .get(header::AUTHORIZATION)?
-        .to_str()
-        .ok()?;
+    let value = request.headers().get(header::AUTHORIZATION)?.to_str().ok()?;
     let (scheme, token) = value.split_once(' ')?;
     scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
 }
@@ -84,9 +76,7 @@ impl Gate {
             return Ok(());
         };
         let key: [u8; 32] = Sha256::digest(token.as_bytes()).into();
-        limiter
-            .check_key(&key)
-            .map_err(|not_until| not_until.wait_time_from(DefaultClock::default().now()))
+        limiter.check_key(&key).map_err(|not_until| not_until.wait_time_from(DefaultClock::default().now()))
     }
 }
 
@@ -96,24 +86,15 @@ fn refuse(status: StatusCode, error: &str) -> Response {
 
 /// Middleware: 401 unless the request carries `Authorization: Bearer <key>`;
 /// 429 with `Retry-After` when that key is over its request rate.
-pub async fn require_api_key(
-    State(gate): State<Arc<Gate>>,
-    request: Request,
-    next: Next,
-) -> Response {
+pub async fn require_api_key(State(gate): State<Arc<Gate>>, request: Request, next: Next) -> Response {
     let reason = match bearer(&request) {
         Some(token) if gate.keys.accepts(token) => match gate.admit(token) {
             Ok(()) => return next.run(request).await,
             Err(wait) => {
                 metrics::counter!(names::HTTP_RATE_LIMITED).increment(1);
-                let mut response = refuse(
-                    StatusCode::TOO_MANY_REQUESTS,
-                    "too many requests for this API key",
-                );
+                let mut response = refuse(StatusCode::TOO_MANY_REQUESTS, "too many requests for this API key");
                 let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
-                response
-                    .headers_mut()
-                    .insert(header::RETRY_AFTER, HeaderValue::from(secs.max(1)));
+                response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs.max(1)));
                 return response;
             }
         },
@@ -121,13 +102,8 @@ pub async fn require_api_key(
         None => "missing_key",
     };
     metrics::counter!(names::AUTH_FAILURES, "reason" => reason).increment(1);
-    let mut response = refuse(
-        StatusCode::UNAUTHORIZED,
-        "missing or invalid API key: send Authorization: Bearer <key>",
-    );
-    response
-        .headers_mut()
-        .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+    let mut response = refuse(StatusCode::UNAUTHORIZED, "missing or invalid API key: send Authorization: Bearer <key>");
+    response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
     response
 }
 
@@ -144,9 +120,6 @@ mod tests {
         assert!(!keys.accepts(""));
         keys.replace(&["third-key-0123456789"]);
         assert!(keys.accepts("third-key-0123456789"));
-        assert!(
-            !keys.accepts("first-key-0123456789"),
-            "replaced keys stop working"
-        );
+        assert!(!keys.accepts("first-key-0123456789"), "replaced keys stop working");
     }
 }

@@ -24,18 +24,12 @@ pub struct ApiError {
 impl ApiError {
     /// 400 with `message`.
     pub fn bad_request(message: impl Into<String>) -> Self {
-        Self {
-            status: StatusCode::BAD_REQUEST,
-            message: message.into(),
-        }
+        Self { status: StatusCode::BAD_REQUEST, message: message.into() }
     }
 
     /// 503: a dependency (store, broker) failed.
     pub fn unavailable(message: impl Into<String>) -> Self {
-        Self {
-            status: StatusCode::SERVICE_UNAVAILABLE,
-            message: message.into(),
-        }
+        Self { status: StatusCode::SERVICE_UNAVAILABLE, message: message.into() }
     }
 }
 
@@ -46,10 +40,7 @@ impl From<JsonRejection> for ApiError {
             StatusCode::UNSUPPORTED_MEDIA_TYPE => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             _ => StatusCode::BAD_REQUEST,
         };
-        Self {
-            status,
-            message: crate::domain::phone::redact_numbers(&rejection.body_text()),
-        }
+        Self { status, message: crate::domain::phone::redact_numbers(&rejection.body_text()) }
     }
 }
 

@@ -39,22 +39,12 @@ pub fn api_router(state: ApiState, metrics: PrometheusHandle, max_body_bytes: us
         .route("/v1/otp", post(otp::create))
         .route("/v1/otp/{request_id}", get(otp::status).delete(otp::cancel))
         .route("/v1/admin/quarantines", get(admin::quarantines))
-        .route(
-            "/v1/admin/quarantines/{prefix}",
-            axum::routing::delete(admin::lift),
-        )
-        .route_layer(axum::middleware::from_fn_with_state(
-            state.gate.clone(),
-            auth::require_api_key,
-        ))
+        .route("/v1/admin/quarantines/{prefix}", axum::routing::delete(admin::lift))
+        .route_layer(axum::middleware::from_fn_with_state(state.gate.clone(), auth::require_api_key))
         .layer(DefaultBodyLimit::max(max_body_bytes))
         .with_state(state.clone());
     let generator = state.generator.clone();
-    v1.merge(ops::router(
-        broker,
-        metrics,
-        Some(Arc::new(move || generator.store_ok())),
-    ))
+    v1.merge(ops::router(broker, metrics, Some(Arc::new(move || generator.store_ok()))))
 }
 
 /// A sender process's router: ops routes only.
@@ -63,12 +53,6 @@ pub fn ops_router(broker: Arc<Broker>, metrics: PrometheusHandle) -> Router {
 }
 
 /// Serves `router` on `listener` until `shutdown`, then lets open requests finish.
-pub async fn serve(
-    listener: TcpListener,
-    router: Router,
-    shutdown: CancellationToken,
-) -> std::io::Result<()> {
-    axum::serve(listener, router)
-        .with_graceful_shutdown(async move { shutdown.cancelled().await })
-        .await
+pub async fn serve(listener: TcpListener, router: Router, shutdown: CancellationToken) -> std::io::Result<()> {
+    axum::serve(listener, router).with_graceful_shutdown(async move { shutdown.cancelled().await }).await
 }

@@ -18,21 +18,10 @@ pub fn router(broker: Arc<Broker>, metrics: PrometheusHandle, store: Option<Chec
             "/metrics",
             get(move || {
                 let body = metrics.render();
-                async move {
-                    (
-                        [(
-                            header::CONTENT_TYPE,
-                            "text/plain; version=0.0.4; charset=utf-8",
-                        )],
-                        body,
-                    )
-                }
+                async move { ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], body) }
             }),
         )
-        .route(
-            "/healthz",
-            get(|| async { axum::Json(json!({"status": "ok"})) }),
-        )
+        .route("/healthz", get(|| async { axum::Json(json!({"status": "ok"})) }))
         .route(
             "/readyz",
             get(move || {
@@ -40,11 +29,7 @@ pub fn router(broker: Arc<Broker>, metrics: PrometheusHandle, store: Option<Chec
                 let store_ok = store.as_ref().is_none_or(|check| check());
                 async move {
                     let ready = broker_ok && store_ok;
-                    let status = if ready {
-                        StatusCode::OK
-                    } else {
-                        StatusCode::SERVICE_UNAVAILABLE
-                    };
+                    let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
                     let body = json!({
                         "status": if ready { "ready" } else { "not_ready" },
                         "broker": broker_ok,

@@ -14,10 +14,7 @@ use time::format_description::well_known::Rfc3339;
 
 /// Validates the request as the generator will, publishes it with a confirm,
 /// and answers 202 once the broker has it.
-pub async fn create(
-    State(state): State<ApiState>,
-    ApiJson(raw): ApiJson<RawRequest>,
-) -> Result<Response, ApiError> {
+pub async fn create(State(state): State<ApiState>, ApiJson(raw): ApiJson<RawRequest>) -> Result<Response, ApiError> {
     let request_id = raw.request_id.clone();
     let valid = match state.generator.validate(raw.clone()) {
         Ok(valid) => valid,
@@ -29,10 +26,7 @@ pub async fn create(
     match state.generator.precheck(&valid) {
         Ok(()) => {}
         Err(GeneratorError::Refused(rejection, retry_at)) => {
-            state
-                .generator
-                .announce_refusal(&valid, &rejection, retry_at)
-                .await;
+            state.generator.announce_refusal(&valid, &rejection, retry_at).await;
             let mut body = json!({"error": rejection.detail, "reason": rejection.reason});
             let Some(retry_at) = retry_at else {
                 return Ok((StatusCode::BAD_REQUEST, axum::Json(body)).into_response());
@@ -40,9 +34,7 @@ pub async fn create(
             let wait = crate::generator::seconds_until(retry_at, state.generator.now());
             body["retry_after_secs"] = json!(wait);
             let mut response = (StatusCode::TOO_MANY_REQUESTS, axum::Json(body)).into_response();
-            response
-                .headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from(wait));
+            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(wait));
             return Ok(response);
         }
         Err(e) => {
@@ -54,19 +46,12 @@ pub async fn create(
         tracing::warn!(error = %e, "could not publish a request");
         ApiError::unavailable("the broker did not take the request; try again")
     })?;
-    Ok((
-        StatusCode::ACCEPTED,
-        axum::Json(json!({"request_id": request_id})),
-    )
-        .into_response())
+    Ok((StatusCode::ACCEPTED, axum::Json(json!({"request_id": request_id}))).into_response())
 }
 
 /// Cancels a pending code: 200 `{"status":"canceled"}`, 409 with the final
 /// status if it is already verified/expired/canceled, 404 if unknown.
-pub async fn cancel(
-    State(state): State<ApiState>,
-    Path(request_id): Path<String>,
-) -> Result<Response, ApiError> {
+pub async fn cancel(State(state): State<ApiState>, Path(request_id): Path<String>) -> Result<Response, ApiError> {
     let outcome = state.generator.cancel(&request_id).await.map_err(|e| {
         tracing::error!(error = %e, "cancel failed");
         ApiError::unavailable("cancel is unavailable; try again")
@@ -84,20 +69,13 @@ fn rfc3339(t: time::OffsetDateTime) -> String {
 }
 
 /// The request's lifecycle: status, carrier and timestamps.
-pub async fn status(
-    State(state): State<ApiState>,
-    Path(request_id): Path<String>,
-) -> Result<Response, ApiError> {
+pub async fn status(State(state): State<ApiState>, Path(request_id): Path<String>) -> Result<Response, ApiError> {
     let record = state.generator.request(&request_id).map_err(|e| {
         tracing::error!(error = %e, "status lookup failed");
         ApiError::unavailable("status is unavailable; try again")
     })?;
     let Some(r) = record else {
-        return Ok((
-            StatusCode::NOT_FOUND,
-            axum::Json(json!({"status": "not_found"})),
-        )
-            .into_response());
+        return Ok((StatusCode::NOT_FOUND, axum::Json(json!({"status": "not_found"}))).into_response());
     };
     let body = json!({
         "request_id": r.request_id,

@@ -45,18 +45,14 @@ pub fn router(state: ReceiptState) -> Router {
 }
 
 fn query_pairs(query: Option<&str>) -> Vec<(String, String)> {
-    query
-        .and_then(|q| serde_urlencoded::from_str(q).ok())
-        .unwrap_or_default()
+    query.and_then(|q| serde_urlencoded::from_str(q).ok()).unwrap_or_default()
 }
 
 async fn twilio(State(state): State<ReceiptState>, headers: HeaderMap, body: Bytes) -> Response {
     let result = match state.carriers.twilio.as_ref() {
         Some(config) => match config.status_callback.as_deref() {
             Some(url) => {
-                let signature = headers
-                    .get("x-twilio-signature")
-                    .and_then(|v| v.to_str().ok());
+                let signature = headers.get("x-twilio-signature").and_then(|v| v.to_str().ok());
                 carriers::twilio::receipt(config, url, signature, &body).map(|r| vec![r])
             }
             None => Err(ReceiptError::NotConfigured("twilio")),
@@ -84,9 +80,7 @@ async fn vonage(
                 other => (k, other.to_string()),
             })),
             Err(e) => {
-                return state
-                    .forward("vonage", Err(ReceiptError::Malformed(e.to_string())))
-                    .await;
+                return state.forward("vonage", Err(ReceiptError::Malformed(e.to_string()))).await;
             }
         }
     } else if !body.is_empty() {
@@ -99,16 +93,9 @@ async fn vonage(
     state.forward("vonage", result).await
 }
 
-async fn msg91(
-    State(state): State<ReceiptState>,
-    RawQuery(query): RawQuery,
-    body: Bytes,
-) -> Response {
+async fn msg91(State(state): State<ReceiptState>, RawQuery(query): RawQuery, body: Bytes) -> Response {
     let params = query_pairs(query.as_deref());
-    let token = params
-        .iter()
-        .find(|(k, _)| k == "token")
-        .map(|(_, v)| v.as_str());
+    let token = params.iter().find(|(k, _)| k == "token").map(|(_, v)| v.as_str());
     let result = match state.carriers.msg91.as_ref() {
         Some(config) => carriers::msg91::receipts(config, token, &body),
         None => Err(ReceiptError::NotConfigured("msg91")),
@@ -118,11 +105,7 @@ async fn msg91(
 
 impl ReceiptState {
     /// Counts, forwards the final ones to the generator, and answers the carrier.
-    async fn forward(
-        &self,
-        carrier: &'static str,
-        result: Result<Vec<Receipt>, ReceiptError>,
-    ) -> Response {
+    async fn forward(&self, carrier: &'static str, result: Result<Vec<Receipt>, ReceiptError>) -> Response {
         let receipts = match result {
             Ok(r) => r,
             Err(e) => {
@@ -131,8 +114,7 @@ impl ReceiptState {
                     ReceiptError::Malformed(_) => (StatusCode::BAD_REQUEST, "malformed"),
                     ReceiptError::NotConfigured(_) => (StatusCode::NOT_FOUND, "not_configured"),
                 };
-                metrics::counter!(names::RECEIPTS, "carrier" => carrier, "status" => label)
-                    .increment(1);
+                metrics::counter!(names::RECEIPTS, "carrier" => carrier, "status" => label).increment(1);
                 tracing::warn!(carrier, error = %e, "delivery receipt refused");
                 return (status, axum::Json(json!({"error": e.to_string()}))).into_response();
             }
@@ -149,18 +131,10 @@ impl ReceiptState {
                 error: receipt.error,
                 at: self.clock.now(),
             };
-            if let Err(e) = self
-                .broker
-                .publish_to_exchange(Topology::RECEIPT_KEY, &message, true)
-                .await
-            {
+            if let Err(e) = self.broker.publish_to_exchange(Topology::RECEIPT_KEY, &message, true).await {
                 // The carrier retries a callback that did not get a 2xx.
                 tracing::warn!(carrier, error = %e, "could not forward a delivery receipt");
-                return (
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    axum::Json(json!({"error": "try again"})),
-                )
-                    .into_response();
+                return (StatusCode::SERVICE_UNAVAILABLE, axum::Json(json!({"error": "try again"}))).into_response();
             }
         }
         StatusCode::OK.into_response()

@@ -4,8 +4,8 @@
 
 use futures_lite::StreamExt;
 use lapin::options::{
-    BasicConsumeOptions, BasicGetOptions, ExchangeDeleteOptions, QueueBindOptions,
-    QueueDeclareOptions, QueueDeleteOptions,
+    BasicConsumeOptions, BasicGetOptions, ExchangeDeleteOptions, QueueBindOptions, QueueDeclareOptions,
+    QueueDeleteOptions,
 };
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{Connection, ConnectionProperties};
@@ -29,8 +29,7 @@ const WAIT: Duration = Duration::from_secs(15);
 
 /// The AMQP URL tests use (`OTP_TEST_AMQP_URL` overrides).
 pub fn amqp_url() -> String {
-    std::env::var("OTP_TEST_AMQP_URL")
-        .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
+    std::env::var("OTP_TEST_AMQP_URL").unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
 }
 
 /// Fails the test loudly (never skips it) when RabbitMQ is not reachable.
@@ -136,9 +135,7 @@ impl TestEnv {
 
     pub async fn start_generator(&mut self) {
         let clock: Arc<dyn Clock> = Arc::new(self.clock.clone());
-        let app = GeneratorApp::build(&self.config, clock)
-            .await
-            .expect("generator builds");
+        let app = GeneratorApp::build(&self.config, clock).await.expect("generator builds");
         self.addr = app.local_addr();
         let broker = app.broker();
         let token = CancellationToken::new();
@@ -146,10 +143,7 @@ impl TestEnv {
             let token = token.clone();
             async move { app.run(token).await.expect("generator runs") }
         });
-        assert!(
-            broker.wait_connected(WAIT).await,
-            "generator did not connect to RabbitMQ"
-        );
+        assert!(broker.wait_connected(WAIT).await, "generator did not connect to RabbitMQ");
         self.generator = Some((token, handle));
     }
 
@@ -170,19 +164,12 @@ impl TestEnv {
             let token = token.clone();
             async move { app.run(token).await.expect("sender runs") }
         });
-        assert!(
-            broker.wait_connected(WAIT).await,
-            "sender did not connect to RabbitMQ"
-        );
+        assert!(broker.wait_connected(WAIT).await, "sender did not connect to RabbitMQ");
         self.sender = Some((token, handle));
     }
 
     pub fn request(&self, request_id: &str) -> RawRequest {
-        RawRequest {
-            request_id: request_id.into(),
-            phone: PHONE.into(),
-            ..Default::default()
-        }
+        RawRequest { request_id: request_id.into(), phone: PHONE.into(), ..Default::default() }
     }
 
     /// Publishes like a producer and waits for the reply.
@@ -195,9 +182,7 @@ impl TestEnv {
 
     /// Publishes raw bytes without waiting for a reply.
     pub async fn publish_bytes(&self, body: &[u8]) {
-        client::publish_bytes(&self.config.broker.url, &self.topology, body, None)
-            .await
-            .expect("publish");
+        client::publish_bytes(&self.config.broker.url, &self.topology, body, None).await.expect("publish");
     }
 
     pub fn url(&self, route: &str) -> String {
@@ -206,31 +191,17 @@ impl TestEnv {
 
     /// `POST /v1/verify`, returning status and JSON body.
     pub async fn verify(&self, phone: &str, code: &str) -> (u16, Value) {
-        self.post("/v1/verify", json!({"phone": phone, "code": code}))
-            .await
+        self.post("/v1/verify", json!({"phone": phone, "code": code})).await
     }
 
     pub async fn post(&self, route: &str, body: Value) -> (u16, Value) {
-        let r = self
-            .http
-            .post(self.url(route))
-            .bearer_auth(API_KEY)
-            .json(&body)
-            .send()
-            .await
-            .unwrap();
+        let r = self.http.post(self.url(route)).bearer_auth(API_KEY).json(&body).send().await.unwrap();
         let status = r.status().as_u16();
         (status, r.json().await.unwrap_or(Value::Null))
     }
 
     pub async fn get(&self, route: &str) -> (u16, Value) {
-        let r = self
-            .http
-            .get(self.url(route))
-            .bearer_auth(API_KEY)
-            .send()
-            .await
-            .unwrap();
+        let r = self.http.get(self.url(route)).bearer_auth(API_KEY).send().await.unwrap();
         let status = r.status().as_u16();
         (status, r.json().await.unwrap_or(Value::Null))
     }
@@ -276,11 +247,7 @@ impl TestEnv {
         let queue = channel
             .queue_declare(
                 "".into(),
-                QueueDeclareOptions {
-                    exclusive: true,
-                    auto_delete: true,
-                    ..Default::default()
-                },
+                QueueDeclareOptions { exclusive: true, auto_delete: true, ..Default::default() },
                 FieldTable::default(),
             )
             .await
@@ -299,32 +266,20 @@ impl TestEnv {
             .basic_consume(
                 queue.name().clone(),
                 "tap".into(),
-                BasicConsumeOptions {
-                    no_ack: true,
-                    ..Default::default()
-                },
+                BasicConsumeOptions { no_ack: true, ..Default::default() },
                 FieldTable::default(),
             )
             .await
             .unwrap();
-        EventTap {
-            _connection: connection,
-            consumer,
-            seen: Vec::new(),
-        }
+        EventTap { _connection: connection, consumer, seen: Vec::new() }
     }
 
     /// Takes every message now in the dead-letter queue: (body, x-otp-error, x-otp-reason).
     pub async fn dead_letters(&self) -> Vec<(Vec<u8>, String, String)> {
         let (connection, channel) = open_channel().await;
         let mut out = Vec::new();
-        while let Some(m) = channel
-            .basic_get(
-                self.topology.dead.as_str().into(),
-                BasicGetOptions { no_ack: true },
-            )
-            .await
-            .unwrap()
+        while let Some(m) =
+            channel.basic_get(self.topology.dead.as_str().into(), BasicGetOptions { no_ack: true }).await.unwrap()
         {
             let header = |name: &str| {
                 m.delivery
@@ -338,11 +293,7 @@ impl TestEnv {
                     })
                     .unwrap_or_default()
             };
-            out.push((
-                m.delivery.data.clone(),
-                header("x-otp-error"),
-                header("x-otp-reason"),
-            ));
+            out.push((m.delivery.data.clone(), header("x-otp-error"), header("x-otp-reason")));
         }
         let _ = connection.close(200, "bye".into()).await;
         out
@@ -354,10 +305,7 @@ impl TestEnv {
         let q = channel
             .queue_declare(
                 queue.into(),
-                QueueDeclareOptions {
-                    passive: true,
-                    ..Default::default()
-                },
+                QueueDeclareOptions { passive: true, ..Default::default() },
                 FieldTable::default(),
             )
             .await
@@ -376,16 +324,10 @@ impl TestEnv {
         let (connection, channel) = open_channel().await;
         let t = &self.topology;
         for q in [&t.requests, &t.deliveries, &t.status, &t.dead] {
-            channel
-                .queue_delete(q.as_str().into(), QueueDeleteOptions::default())
-                .await
-                .unwrap();
+            channel.queue_delete(q.as_str().into(), QueueDeleteOptions::default()).await.unwrap();
         }
         for x in [&t.exchange, &t.dlx] {
-            channel
-                .exchange_delete(x.as_str().into(), ExchangeDeleteOptions::default())
-                .await
-                .unwrap();
+            channel.exchange_delete(x.as_str().into(), ExchangeDeleteOptions::default()).await.unwrap();
         }
         let _ = connection.close(200, "bye".into()).await;
     }
@@ -397,9 +339,7 @@ impl TestEnv {
 
 /// A fresh connection and channel to the test broker.
 pub async fn open_channel() -> (Connection, lapin::Channel) {
-    let connection = Connection::connect(&amqp_url(), ConnectionProperties::default())
-        .await
-        .unwrap();
+    let connection = Connection::connect(&amqp_url(), ConnectionProperties::default()).await.unwrap();
     let channel = connection.create_channel().await.unwrap();
     (connection, channel)
 }
@@ -408,16 +348,10 @@ pub async fn open_channel() -> (Connection, lapin::Channel) {
 pub async fn delete_topology(t: &Topology) {
     let (connection, channel) = open_channel().await;
     for q in [&t.requests, &t.deliveries, &t.status, &t.dead] {
-        channel
-            .queue_delete(q.as_str().into(), QueueDeleteOptions::default())
-            .await
-            .unwrap();
+        channel.queue_delete(q.as_str().into(), QueueDeleteOptions::default()).await.unwrap();
     }
     for x in [&t.exchange, &t.dlx] {
-        channel
-            .exchange_delete(x.as_str().into(), ExchangeDeleteOptions::default())
-            .await
-            .unwrap();
+        channel.exchange_delete(x.as_str().into(), ExchangeDeleteOptions::default()).await.unwrap();
     }
     let _ = connection.close(200, "bye".into()).await;
 }
@@ -432,8 +366,7 @@ pub struct EventTap {
 impl EventTap {
     /// Waits for an event of `status` for `request_id`.
     pub async fn expect(&mut self, status: &str, request_id: &str) -> Event {
-        let wanted =
-            |e: &Event| e.status.as_str() == status && e.request_id.as_deref() == Some(request_id);
+        let wanted = |e: &Event| e.status.as_str() == status && e.request_id.as_deref() == Some(request_id);
         if let Some(e) = self.seen.iter().find(|e| wanted(e)) {
             return e.clone();
         }
@@ -441,9 +374,7 @@ impl EventTap {
         loop {
             let next = tokio::time::timeout_at(deadline, self.consumer.next())
                 .await
-                .unwrap_or_else(|_| {
-                    panic!("no event.{status} for {request_id}; saw {:?}", self.seen)
-                });
+                .unwrap_or_else(|_| panic!("no event.{status} for {request_id}; saw {:?}", self.seen));
             let delivery = next.unwrap().unwrap();
             let event: Event = serde_json::from_slice(&delivery.data).unwrap();
             self.seen.push(event.clone());
