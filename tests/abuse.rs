@@ -134,3 +134,29 @@ async fn a_burst_to_one_prefix_is_quarantined_and_an_operator_can_lift_it() {
     assert!(metrics.contains("otp_quarantines_total{rule=\"prefix_velocity\"}"));
     env.teardown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_prefix_whose_codes_are_never_verified_is_quarantined() {
+    let env = TestEnv::start_with(|c, _| {
+        c.limits.pumping.prefix_digits = 7;
+        c.limits.pumping.min_volume = 3;
+        c.limits.pumping.min_conversion = 0.5;
+    })
+    .await;
+    let mut events = env.event_tap().await;
+    for i in 0..3 {
+        let id = format!("conv-{i}");
+        assert_eq!(env.publish(&to(&format!("+1415555020{i}"), &id)).await.status, ReplyStatus::Accepted);
+    }
+    // One of three is verified: 33 % conversion.
+    let code = env.code_for("conv-0").await;
+    assert_eq!(env.verify("+14155550200", &code).await.0, 200);
+    // Past the grace period users get to type their codes, the prefix is judged.
+    env.clock.advance(time::Duration::seconds(301));
+    let refused = env.publish(&to("+14155550209", "conv-9")).await;
+    assert_eq!(refused.reason, Some(RejectReason::SuspectedPumping));
+    let event = events.expect("rejected", "conv-9").await;
+    let detail = event.error.unwrap();
+    assert!(detail.contains("low_conversion") && detail.contains("1/3"), "{detail}");
+    env.teardown().await;
+}
