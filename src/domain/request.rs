@@ -151,7 +151,12 @@ fn valid_request_id(id: &str) -> bool {
 
 impl RawRequest {
     /// Checks every field and applies defaults.
+    /// Details never quote a long digit run (a phone number put in the wrong field).
     pub fn validate(self, limits: &Limits, templates: &Templates) -> Result<ValidRequest, Rejection> {
+        self.check(limits, templates).map_err(|r| Rejection { detail: crate::domain::phone::redact_numbers(&r.detail), ..r })
+    }
+
+    fn check(self, limits: &Limits, templates: &Templates) -> Result<ValidRequest, Rejection> {
         if !valid_request_id(&self.request_id) {
             return Err(Rejection::invalid(format!(
                 "request_id must be 1-{MAX_REQUEST_ID_LEN} printable ASCII characters"
