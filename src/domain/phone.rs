@@ -38,6 +38,11 @@ impl Phone {
             return Err(PhoneError::Invalid);
         }
         let e164 = parsed.format().mode(phonenumber::Mode::E164).to_string();
+        // libphonenumber forgives a national trunk prefix ("+49 030…" → "+4930…");
+        // E.164 does not, and a number must have one spelling to be one key.
+        if e164 != input {
+            return Err(PhoneError::NotE164);
+        }
         Ok(Self { e164, country_code: parsed.code().value() })
     }
 
@@ -131,6 +136,13 @@ mod tests {
         {
             assert_eq!(Phone::parse(n), Err(PhoneError::NotE164), "{n}");
         }
+    }
+
+    #[test]
+    fn refuses_a_trunk_prefix_after_the_country_code() {
+        // Found by tests/fuzz.rs: libphonenumber would normalize it to +4930000.
+        assert_eq!(Phone::parse("+49030000"), Err(PhoneError::NotE164));
+        assert_eq!(Phone::parse("+4930123456").map(|p| p.e164().to_owned()), Ok("+4930123456".to_owned()));
     }
 
     #[test]
