@@ -59,6 +59,18 @@ impl Process {
     }
 }
 
+/// The environment every spawned process gets: the test broker, a private
+/// prefix, its own data dir, a free HTTP port.
+fn base_env(prefix: &str, data_dir: &std::path::Path) -> Vec<(&'static str, String)> {
+    vec![
+        ("OTP_BROKER__URL", amqp_url()),
+        ("OTP_BROKER__PREFIX", prefix.to_owned()),
+        ("OTP_BROKER__QUEUE_EXPIRES_MS", "300000".into()),
+        ("OTP_STORE__DATA_DIR", data_dir.display().to_string()),
+        ("OTP_HTTP__LISTEN", "127.0.0.1:0".into()),
+    ]
+}
+
 fn files_under(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     std::fs::read_dir(dir)
         .unwrap()
@@ -76,17 +88,13 @@ async fn separate_generator_and_sender_processes() {
     Mock::given(method("POST")).respond_with(ResponseTemplate::new(200)).mount(&carrier).await;
     let dir = tempfile::tempdir().unwrap();
     let prefix = format!("p-{}.", &uuid::Uuid::new_v4().simple().to_string()[..12]);
-    let env = [
-        ("OTP_BROKER__URL", amqp_url()),
-        ("OTP_BROKER__PREFIX", prefix.clone()),
-        ("OTP_BROKER__QUEUE_EXPIRES_MS", "300000".into()),
-        ("OTP_STORE__DATA_DIR", dir.path().display().to_string()),
-        ("OTP_HTTP__LISTEN", "127.0.0.1:0".into()),
+    let mut env = base_env(&prefix, dir.path());
+    env.extend([
         ("OTP_HTTP__API_KEYS", format!("[{API_KEY}]")),
         ("OTP_SENDER__LISTEN", "127.0.0.1:0".into()),
         ("OTP_ROUTING__DEFAULT", "[webhook]".into()),
         ("OTP_CARRIERS__WEBHOOK__URL", format!("{}/sms", carrier.uri())),
-    ];
+    ]);
     let generator = Process::spawn("generator", &env);
     let line = generator.wait_for_line("HTTP API on http://").await;
     let base = line[line.find("http://").unwrap()..].trim().to_owned();
@@ -141,13 +149,7 @@ async fn sighup_reloads_the_api_keys_without_a_restart() {
     require_rabbitmq().await;
     let dir = tempfile::tempdir().unwrap();
     let prefix = format!("p-{}.", &uuid::Uuid::new_v4().simple().to_string()[..12]);
-    let env = [
-        ("OTP_BROKER__URL", amqp_url()),
-        ("OTP_BROKER__PREFIX", prefix.clone()),
-        ("OTP_BROKER__QUEUE_EXPIRES_MS", "300000".into()),
-        ("OTP_STORE__DATA_DIR", dir.path().display().to_string()),
-        ("OTP_HTTP__LISTEN", "127.0.0.1:0".into()),
-    ];
+    let env = base_env(&prefix, dir.path());
     let generator = Process::spawn("generator", &env);
     let line = generator.wait_for_line("HTTP API on http://").await;
     let base = line[line.find("http://").unwrap()..].trim().to_owned();
