@@ -211,6 +211,9 @@ impl Generator {
     }
 
     async fn issue(&self, request: ValidRequest, message: &Inbound) -> Disposition {
+        if let Some(rejection) = self.geo_check(&request) {
+            return self.reject(Some(request.request_id), request.phone.e164(), rejection, message).await;
+        }
         let now = self.clock.now();
         let code = Code::generate(request.code_length, &mut rand::rng());
         let record = CodeRecord {
@@ -220,9 +223,6 @@ impl Generator {
             expires_at: now + request.ttl,
             attempts_left: self.policy.max_attempts,
         };
-        if let Some(rejection) = self.geo_check(&request) {
-            return self.reject(Some(request.request_id), request.phone.e164(), rejection, message).await;
-        }
         let outcome = match self.track(self.store.issue(&request, &record, now, &self.policy.guards)) {
             Ok(o) => o,
             Err(e) => return self.store_failed(&e),

@@ -153,7 +153,8 @@ impl RawRequest {
     /// Checks every field and applies defaults.
     /// Details never quote a long digit run (a phone number put in the wrong field).
     pub fn validate(self, limits: &Limits, templates: &Templates) -> Result<ValidRequest, Rejection> {
-        self.check(limits, templates).map_err(|r| Rejection { detail: crate::domain::phone::redact_numbers(&r.detail), ..r })
+        self.check(limits, templates)
+            .map_err(|r| Rejection { detail: crate::domain::phone::redact_numbers(&r.detail), ..r })
     }
 
     fn check(self, limits: &Limits, templates: &Templates) -> Result<ValidRequest, Rejection> {
