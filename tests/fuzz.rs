@@ -10,8 +10,10 @@
 //!
 //! The default run takes about 45–55 s on two cores in the debug profile
 //! (most of it `Phone::parse`, see [`arb`]); the long run builds the release
-//! profile, the `otp-pipeline` binary included. `OTP_FUZZ_CASES` sets the
-//! number of cases of every property (default 100,000). proptest's own variables still apply, e.g. `PROPTEST_RNG_SEED=7`
+//! profile, the `otp-pipeline` binary included.
+//!
+//! `OTP_FUZZ_CASES` sets the number of cases of every property (default
+//! 100,000). proptest's own variables still apply, e.g. `PROPTEST_RNG_SEED=7`
 //! replays one run deterministically. Failures are not written to disk: copy
 //! the "minimal failing input" proptest prints into a unit test.
 //!
