@@ -419,13 +419,17 @@ impl Generator {
     /// expiry enforced. Publishes `event.verified` / `event.expired`.
     pub async fn verify(&self, phone: &Phone, code: &Code) -> Result<VerifyOutcome, GeneratorError> {
         let now = self.clock.now();
-        let (outcome, changed) = self.track(self.store.verify(phone, code, &self.keys, now, &self.policy.guards))?;
+        let (outcome, changed, locked_until) =
+            self.track(self.store.verify(phone, code, &self.keys, now, &self.policy.guards))?;
         if changed {
             // "Approved" must not come back after a crash: used means used.
             self.track(self.store.flush().await)?;
         }
         metrics::counter!(names::VERIFICATIONS, "outcome" => outcome.label()).increment(1);
         tracing::info!(phone = %phone, outcome = outcome.label(), "verification");
+        if let Some(until) = locked_until {
+            self.announce_lockout(phone, &outcome, until, now);
+        }
         let event = match &outcome {
             VerifyOutcome::Approved { request_id } => Some((EventKind::Verified, request_id, None)),
             VerifyOutcome::Expired { request_id } => Some((EventKind::Expired, request_id, None)),
@@ -446,6 +450,30 @@ impl Generator {
             });
         }
         Ok(outcome)
+    }
+
+    /// This attempt locked the number: say so in an `event.rejected`
+    /// (reason `rate_limited`, rule `verify_lockout`) with the time to retry.
+    fn announce_lockout(&self, phone: &Phone, outcome: &VerifyOutcome, until: OffsetDateTime, now: OffsetDateTime) {
+        metrics::counter!(names::VERIFY_LOCKOUTS).increment(1);
+        tracing::warn!(phone = %phone, until = %until, "too many failed verifications: number locked");
+        let request_id = match outcome {
+            VerifyOutcome::Invalid { .. } | VerifyOutcome::NotFound | VerifyOutcome::Locked { .. } => None,
+            VerifyOutcome::Approved { request_id }
+            | VerifyOutcome::Expired { request_id }
+            | VerifyOutcome::MaxAttemptsReached { request_id } => Some(request_id.clone()),
+        };
+        let wait = seconds_until(until, now);
+        let mut event = Event::new(EventKind::Rejected, request_id, phone.e164(), now);
+        event.reason = Some(RejectReason::RateLimited);
+        event.error = Some(format!("verify_lockout: too many failed verifications for this number; retry in {wait} s"));
+        event.retry_after_secs = Some(wait);
+        let broker = self.broker.clone();
+        tokio::spawn(async move {
+            if let Err(e) = broker.publish_to_exchange(&event.status.routing_key(), &event, false).await {
+                tracing::warn!(error = %e, "could not publish the lockout event");
+            }
+        });
     }
 
     /// Cancels a request's code and publishes `event.canceled`.

@@ -345,7 +345,7 @@ impl Store {
         keys: &KeyRing,
         now: OffsetDateTime,
         policies: &Policies,
-    ) -> Result<(VerifyOutcome, bool), StoreError> {
+    ) -> Result<(VerifyOutcome, bool, Option<OffsetDateTime>), StoreError> {
         let phone_key = phone.e164().as_bytes();
         let fail_key = limit_key::failures(phone.e164());
         let prefix_key = limit_key::prefix(&prefix_of(&policies.pumping, phone.e164()));
@@ -359,13 +359,15 @@ impl Store {
             let matched = key.matches(phone, &against.request_id, code, &against.digest) && record.is_some();
             let mut failures = tx_get::<VerifyFailures>(limits, &fail_key)?.unwrap_or_default();
             if let Err(until) = failures.check(now) {
-                return Ok((VerifyOutcome::Locked { until }, false));
+                return Ok((VerifyOutcome::Locked { until }, false, None));
             }
+            let mut locked_now = None;
             let (outcome, transition) = decide(record.as_ref(), matched, now);
             let changed = transition != Transition::Keep;
             match &outcome {
                 VerifyOutcome::Invalid { .. } | VerifyOutcome::MaxAttemptsReached { .. } if changed => {
                     failures.on_failure(&policies.verify, now);
+                    locked_now = failures.locked_until;
                     limits.insert(fail_key.as_slice(), encode(&failures))?;
                 }
                 VerifyOutcome::Approved { .. } => {
@@ -403,7 +405,7 @@ impl Store {
                 r.updated_at = now;
                 requests.insert(request_id.as_bytes(), encode(&r))?;
             }
-            Ok((outcome, changed))
+            Ok((outcome, changed, locked_now))
         }))
     }
 
@@ -642,7 +644,7 @@ mod tests {
             IssueOutcome::Duplicate(_)
         ));
         let code = Code::parse("222222").unwrap();
-        let (outcome, _) = store.verify(&req.phone, &code, &key, now, &open()).unwrap();
+        let (outcome, _, _) = store.verify(&req.phone, &code, &key, now, &open()).unwrap();
         assert_eq!(outcome.label(), "approved");
         assert_eq!(store.request("r1").unwrap().unwrap().status, RequestStatus::Verified);
     }

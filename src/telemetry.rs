@@ -36,6 +36,8 @@ pub mod names {
     pub const BROKER_CONNECTED: &str = "otp_broker_connected";
     /// Broker connections rebuilt after a loss.
     pub const BROKER_RECONNECTS: &str = "otp_broker_reconnects_total";
+    /// Numbers locked after too many consecutive failed verifications.
+    pub const VERIFY_LOCKOUTS: &str = "otp_verify_lockouts_total";
     /// Number prefixes quarantined as suspected SMS pumping, by `rule`.
     pub const QUARANTINES: &str = "otp_quarantines_total";
     /// HTTP requests refused because their API key is over its rate.

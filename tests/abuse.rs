@@ -73,6 +73,7 @@ async fn consecutive_failed_verifications_lock_the_number_until_the_lock_expires
         c.limits.verify.lock_secs = 60;
     })
     .await;
+    let mut events = env.event_tap().await;
     env.publish(&to(PHONE, "l-1")).await;
     let code = env.code_for("l-1").await;
     let wrong = if code == "000000" { "000001" } else { "000000" };
@@ -81,6 +82,11 @@ async fn consecutive_failed_verifications_lock_the_number_until_the_lock_expires
     }
     let (status, body) = env.verify(PHONE, &code).await;
     assert_eq!((status, body["status"].as_str()), (429, Some("locked")), "even the right code waits");
+    let lockout = events
+        .expect_matching("the lockout event", |e| e.error.as_deref().is_some_and(|m| m.starts_with("verify_lockout")))
+        .await;
+    assert_eq!(lockout.reason, Some(RejectReason::RateLimited));
+    assert!(lockout.retry_after_secs.is_some_and(|s| (59..=60).contains(&s)));
     // The lock survives a restart.
     env.stop_generator().await;
     env.start_generator().await;

@@ -366,7 +366,13 @@ pub struct EventTap {
 impl EventTap {
     /// Waits for an event of `status` for `request_id`.
     pub async fn expect(&mut self, status: &str, request_id: &str) -> Event {
-        let wanted = |e: &Event| e.status.as_str() == status && e.request_id.as_deref() == Some(request_id);
+        let what = format!("event.{status} for {request_id}");
+        self.expect_matching(&what, |e| e.status.as_str() == status && e.request_id.as_deref() == Some(request_id))
+            .await
+    }
+
+    /// Waits for an event `wanted` accepts (seen before or arriving within 15 s).
+    pub async fn expect_matching(&mut self, what: &str, wanted: impl Fn(&Event) -> bool) -> Event {
         if let Some(e) = self.seen.iter().find(|e| wanted(e)) {
             return e.clone();
         }
@@ -374,7 +380,7 @@ impl EventTap {
         loop {
             let next = tokio::time::timeout_at(deadline, self.consumer.next())
                 .await
-                .unwrap_or_else(|_| panic!("no event.{status} for {request_id}; saw {:?}", self.seen));
+                .unwrap_or_else(|_| panic!("no {what}; saw {:?}", self.seen));
             let delivery = next.unwrap().unwrap();
             let event: Event = serde_json::from_slice(&delivery.data).unwrap();
             self.seen.push(event.clone());
