@@ -114,7 +114,13 @@ impl GeneratorApp {
         let listener = TcpListener::bind(addr).await.map_err(|source| AppError::Http { addr, source })?;
         let api_keys = Arc::new(ApiKeys::new(&keys));
         let gate = Arc::new(Gate::new(api_keys.clone(), config.http.rate_per_key_per_sec, config.http.burst_per_key));
-        let state = ApiState { generator: generator.clone(), gate };
+        if config.http.admin_api_keys.iter().any(|k| k.trim().len() < secrets::MIN_API_KEY_LEN) {
+            let detail = format!("http.admin_api_keys must be at least {} characters each", secrets::MIN_API_KEY_LEN);
+            return Err(SecretError::Invalid(detail).into());
+        }
+        let admin_keys = Arc::new(ApiKeys::new(&config.http.admin_api_keys));
+        let admin = Arc::new(Gate::new(admin_keys, config.http.rate_per_key_per_sec, config.http.burst_per_key));
+        let state = ApiState { generator: generator.clone(), gate, admin };
         let router = http::api_router(state, metrics, config.http.max_body_bytes);
         let sweep_every = std::time::Duration::from_secs(config.store.sweep_interval_secs.max(1));
         let retention = time::Duration::seconds(i64::try_from(config.store.retention_secs).unwrap_or(i64::MAX));

@@ -152,6 +152,9 @@ pub struct HttpConfig {
     pub api_keys: Vec<String>,
     /// Largest request body accepted, bytes.
     pub max_body_bytes: usize,
+    /// Keys of the operator routes (`/v1/admin/*`: list and lift quarantines),
+    /// separate from the applications' keys. Empty: those routes answer 401.
+    pub admin_api_keys: Vec<String>,
     /// Requests per second per API key on `/v1` routes (token bucket); 0 = unlimited.
     pub rate_per_key_per_sec: u32,
     /// Burst per API key.
@@ -163,6 +166,7 @@ impl Default for HttpConfig {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             api_keys: Vec::new(),
+            admin_api_keys: Vec::new(),
             max_body_bytes: 16 * 1024,
             rate_per_key_per_sec: 200,
             burst_per_key: 400,

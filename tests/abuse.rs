@@ -7,6 +7,8 @@ use common::{API_KEY, PHONE, TestEnv};
 use otp_pipeline::domain::{RawRequest, RejectReason, ReplyStatus};
 use serde_json::json;
 
+const ADMIN_KEY: &str = "operator-key-0123456789abcdef";
+
 fn to(phone: &str, id: &str) -> RawRequest {
     RawRequest { request_id: id.into(), phone: phone.into(), ..Default::default() }
 }
@@ -115,6 +117,7 @@ async fn a_burst_to_one_prefix_is_quarantined_and_an_operator_can_lift_it() {
     let env = TestEnv::start_with(|c, _| {
         c.limits.pumping.prefix_digits = 7;
         c.limits.pumping.max_sends_per_window = 2;
+        c.http.admin_api_keys = vec![ADMIN_KEY.into()];
     })
     .await;
     let mut events = env.event_tap().await;
@@ -128,14 +131,22 @@ async fn a_burst_to_one_prefix_is_quarantined_and_an_operator_can_lift_it() {
     assert_eq!(env.publish(&to("+14155550104", "p-4")).await.reason, Some(RejectReason::SuspectedPumping));
     assert_eq!(env.publish(&to("+14255550101", "other-prefix")).await.status, ReplyStatus::Accepted);
 
-    let (status, body) = env.get("/v1/admin/quarantines").await;
-    assert_eq!(status, 200);
+    let admin = |route: &str| env.http.get(env.url(route)).bearer_auth(ADMIN_KEY);
+    assert_eq!(env.get("/v1/admin/quarantines").await.0, 401, "an application's key is not an operator's");
+    let r = admin("/v1/admin/quarantines").send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let body: serde_json::Value = r.json().await.unwrap();
     assert_eq!(body["quarantines"][0]["prefix"], "1415555");
     assert_eq!(body["quarantines"][0]["rule"], "prefix_velocity");
-    let lift = env.http.delete(env.url("/v1/admin/quarantines/1415555")).bearer_auth(API_KEY).send().await.unwrap();
+    let lift = env.http.delete(env.url("/v1/admin/quarantines/1415555")).bearer_auth(ADMIN_KEY).send().await.unwrap();
     assert_eq!(lift.status(), 200);
-    assert_eq!(env.get("/v1/admin/quarantines").await.1["quarantines"], json!([]));
+    let after: serde_json::Value = admin("/v1/admin/quarantines").send().await.unwrap().json().await.unwrap();
+    assert_eq!(after["quarantines"], json!([]));
     assert_eq!(env.publish(&to("+14155550105", "p-5")).await.status, ReplyStatus::Accepted);
+    // Without admin keys configured, nobody reaches the operator routes.
+    let closed = TestEnv::start().await;
+    assert_eq!(closed.get("/v1/admin/quarantines").await.0, 401);
+    closed.teardown().await;
     let metrics = env.http.get(env.url("/metrics")).send().await.unwrap().text().await.unwrap();
     assert!(metrics.contains("otp_quarantines_total{rule=\"prefix_velocity\"}"));
     env.teardown().await;

@@ -29,6 +29,8 @@ pub struct ApiState {
     pub generator: Arc<Generator>,
     /// Accepted bearer keys.
     pub gate: Arc<Gate>,
+    /// Keys of the operator routes (`/v1/admin/*`); none configured: those routes are off.
+    pub admin: Arc<Gate>,
 }
 
 /// The generator process's router: `/v1/*` behind API keys, plus ops routes.
@@ -38,11 +40,15 @@ pub fn api_router(state: ApiState, metrics: PrometheusHandle, max_body_bytes: us
         .route("/v1/verify", post(verify::verify))
         .route("/v1/otp", post(otp::create))
         .route("/v1/otp/{request_id}", get(otp::status).delete(otp::cancel))
-        .route("/v1/admin/quarantines", get(admin::quarantines))
-        .route("/v1/admin/quarantines/{prefix}", axum::routing::delete(admin::lift))
         .route_layer(axum::middleware::from_fn_with_state(state.gate.clone(), auth::require_api_key))
         .layer(DefaultBodyLimit::max(max_body_bytes))
         .with_state(state.clone());
+    let admin = Router::new()
+        .route("/v1/admin/quarantines", get(admin::quarantines))
+        .route("/v1/admin/quarantines/{prefix}", axum::routing::delete(admin::lift))
+        .route_layer(axum::middleware::from_fn_with_state(state.admin.clone(), auth::require_api_key))
+        .with_state(state.clone());
+    let v1 = v1.merge(admin);
     let generator = state.generator.clone();
     v1.merge(ops::router(broker, metrics, Some(Arc::new(move || generator.store_ok()))))
 }
