@@ -1,4 +1,5 @@
-//! Operator routes (behind the API keys): the SMS-pumping quarantines.
+//! Operator routes (behind the operators' keys, `http.admin_api_keys`): the
+//! SMS-pumping quarantines.
 //!
 //! `GET /v1/admin/quarantines` lists those in force with their rule and
 //! figures; `DELETE /v1/admin/quarantines/{prefix}` lifts one.
