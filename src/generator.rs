@@ -110,10 +110,8 @@ impl Generator {
     ) {
         metrics::counter!(names::REQUESTS, "outcome" => rejection.reason.as_str()).increment(1);
         let now = self.clock.now();
-        let mut event = Event::new(EventKind::Rejected, Some(request.request_id.clone()), request.phone.e164(), now);
-        event.reason = Some(rejection.reason);
-        event.error = Some(rejection.detail.clone());
-        event.retry_after_secs = retry_at.map(|at| seconds_until(at, now));
+        let wait = retry_at.map(|at| seconds_until(at, now));
+        let event = Event::rejected(Some(request.request_id.clone()), request.phone.e164(), rejection, wait, now);
         if let Err(e) = self.publish_event(&event).await {
             tracing::warn!(error = %e, "could not publish event.rejected");
         }
@@ -190,10 +188,7 @@ impl Generator {
         let retry_after_secs = retry_at.map(|at| seconds_until(at, self.clock.now()));
         metrics::counter!(names::REQUESTS, "outcome" => rejection.reason.as_str()).increment(1);
         tracing::info!(request_id = request_id.as_deref().unwrap_or("-"), reason = rejection.reason.as_str(), detail = %rejection.detail, "request rejected");
-        let mut event = Event::new(EventKind::Rejected, request_id.clone(), phone, self.clock.now());
-        event.reason = Some(rejection.reason);
-        event.error = Some(rejection.detail.clone());
-        event.retry_after_secs = retry_after_secs;
+        let event = Event::rejected(request_id.clone(), phone, &rejection, retry_after_secs, self.clock.now());
         if let Err(e) = self.publish_event(&event).await {
             tracing::warn!(error = %e, "could not publish event.rejected; will retry");
             return Disposition::Retry { after: RETRY_PAUSE };
@@ -464,10 +459,11 @@ impl Generator {
             | VerifyOutcome::MaxAttemptsReached { request_id } => Some(request_id.clone()),
         };
         let wait = seconds_until(until, now);
-        let mut event = Event::new(EventKind::Rejected, request_id, phone.e164(), now);
-        event.reason = Some(RejectReason::RateLimited);
-        event.error = Some(format!("verify_lockout: too many failed verifications for this number; retry in {wait} s"));
-        event.retry_after_secs = Some(wait);
+        let rejection = Rejection {
+            reason: RejectReason::RateLimited,
+            detail: format!("verify_lockout: too many failed verifications for this number; retry in {wait} s"),
+        };
+        let event = Event::rejected(request_id, phone.e164(), &rejection, Some(wait), now);
         let broker = self.broker.clone();
         tokio::spawn(async move {
             if let Err(e) = broker.publish_to_exchange(&event.status.routing_key(), &event, false).await {

@@ -175,6 +175,21 @@ pub struct Event {
 }
 
 impl Event {
+    /// An `event.rejected` for `rejection`, with the time to retry if limited.
+    pub fn rejected(
+        request_id: Option<String>,
+        phone: &str,
+        rejection: &crate::domain::Rejection,
+        retry_after_secs: Option<u64>,
+        at: OffsetDateTime,
+    ) -> Self {
+        let mut event = Self::new(EventKind::Rejected, request_id, phone, at);
+        event.reason = Some(rejection.reason);
+        event.error = Some(rejection.detail.clone());
+        event.retry_after_secs = retry_after_secs;
+        event
+    }
+
     /// An event with only the required fields set; `phone` is masked here.
     pub fn new(status: EventKind, request_id: Option<String>, phone: &str, at: OffsetDateTime) -> Self {
         Self {

@@ -92,10 +92,9 @@ pub async fn require_api_key(State(gate): State<Arc<Gate>>, request: Request, ne
             Ok(()) => return next.run(request).await,
             Err(wait) => {
                 metrics::counter!(names::HTTP_RATE_LIMITED).increment(1);
-                let mut response = refuse(StatusCode::TOO_MANY_REQUESTS, "too many requests for this API key");
-                let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
-                response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs.max(1)));
-                return response;
+                let secs = (wait.as_secs() + u64::from(wait.subsec_nanos() > 0)).max(1);
+                let body = serde_json::json!({ "error": "too many requests for this API key" });
+                return crate::http::json::too_many_requests(body, secs);
             }
         },
         Some(_) => "wrong_key",

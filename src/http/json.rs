@@ -44,6 +44,13 @@ impl From<JsonRejection> for ApiError {
     }
 }
 
+/// 429 with `body` and `Retry-After: wait_secs`.
+pub fn too_many_requests(body: serde_json::Value, wait_secs: u64) -> Response {
+    let mut response = (StatusCode::TOO_MANY_REQUESTS, axum::Json(body)).into_response();
+    response.headers_mut().insert(axum::http::header::RETRY_AFTER, axum::http::HeaderValue::from(wait_secs));
+    response
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         (self.status, axum::Json(json!({ "error": self.message }))).into_response()

@@ -4,10 +4,10 @@ use crate::domain::RawRequest;
 use crate::domain::phone::mask;
 use crate::generator::GeneratorError;
 use crate::http::ApiState;
-use crate::http::json::{ApiError, ApiJson};
+use crate::http::json::{ApiError, ApiJson, too_many_requests};
 use crate::store::CancelOutcome;
 use axum::extract::{Path, State};
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 use time::format_description::well_known::Rfc3339;
@@ -33,9 +33,7 @@ pub async fn create(State(state): State<ApiState>, ApiJson(raw): ApiJson<RawRequ
             };
             let wait = crate::generator::seconds_until(retry_at, state.generator.now());
             body["retry_after_secs"] = json!(wait);
-            let mut response = (StatusCode::TOO_MANY_REQUESTS, axum::Json(body)).into_response();
-            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(wait));
-            return Ok(response);
+            return Ok(too_many_requests(body, wait));
         }
         Err(e) => {
             tracing::error!(error = %e, "limit check failed");

@@ -2,7 +2,7 @@
 
 use crate::domain::{Code, Phone, VerifyOutcome};
 use crate::http::ApiState;
-use crate::http::json::{ApiError, ApiJson};
+use crate::http::json::{ApiError, ApiJson, too_many_requests};
 use crate::telemetry::names;
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -39,11 +39,7 @@ pub async fn verify(State(state): State<ApiState>, ApiJson(body): ApiJson<Verify
         VerifyOutcome::NotFound => (StatusCode::NOT_FOUND, json!({"status": "not_found"})),
         VerifyOutcome::Locked { until } => {
             let wait = crate::generator::seconds_until(until, state.generator.now());
-            let mut response =
-                (StatusCode::TOO_MANY_REQUESTS, axum::Json(json!({"status": "locked", "retry_after_secs": wait})))
-                    .into_response();
-            response.headers_mut().insert(axum::http::header::RETRY_AFTER, axum::http::HeaderValue::from(wait));
-            return Ok(response);
+            return Ok(too_many_requests(json!({"status": "locked", "retry_after_secs": wait}), wait));
         }
     };
     Ok((status, axum::Json(body)).into_response())
