@@ -410,6 +410,16 @@ impl Generator {
         }
     }
 
+    /// Counts an approved code against the carrier that delivered it, so
+    /// dashboards can show conversion (approved / sent) per carrier.
+    fn count_conversion(&self, request_id: &str) {
+        let carrier = match self.store.request(request_id) {
+            Ok(Some(record)) => record.carrier.unwrap_or_else(|| "unknown".to_owned()),
+            _ => "unknown".to_owned(),
+        };
+        metrics::counter!(names::CONVERSIONS, "carrier" => carrier).increment(1);
+    }
+
     /// Verifies `code` for `phone`: approved at most once, attempts counted,
     /// expiry enforced. Publishes `event.verified` / `event.expired`.
     pub async fn verify(&self, phone: &Phone, code: &Code) -> Result<VerifyOutcome, GeneratorError> {
@@ -421,6 +431,9 @@ impl Generator {
             self.track(self.store.flush().await)?;
         }
         metrics::counter!(names::VERIFICATIONS, "outcome" => outcome.label()).increment(1);
+        if let VerifyOutcome::Approved { request_id } = &outcome {
+            self.count_conversion(request_id);
+        }
         tracing::info!(phone = %phone, outcome = outcome.label(), "verification");
         if let Some(until) = locked_until {
             self.announce_lockout(phone, &outcome, until, now);

@@ -36,14 +36,136 @@ pub mod names {
     pub const BROKER_CONNECTED: &str = "otp_broker_connected";
     /// Broker connections rebuilt after a loss.
     pub const BROKER_RECONNECTS: &str = "otp_broker_reconnects_total";
+    /// Always 1; the `version` label carries the crate version.
+    pub const BUILD_INFO: &str = "otp_build_info";
+    /// Approved verifications, by the `carrier` that delivered the code.
+    pub const CONVERSIONS: &str = "otp_conversions_total";
     /// Numbers locked after too many consecutive failed verifications.
     pub const VERIFY_LOCKOUTS: &str = "otp_verify_lockouts_total";
     /// Number prefixes quarantined as suspected SMS pumping, by `rule`.
     pub const QUARANTINES: &str = "otp_quarantines_total";
     /// HTTP requests refused because their API key is over its rate.
     pub const HTTP_RATE_LIMITED: &str = "otp_http_rate_limited_total";
-    /// HTTP requests refused for a missing or wrong API key.
+    /// HTTP requests refused for a missing or wrong API key, by `reason`.
     pub const AUTH_FAILURES: &str = "otp_http_auth_failures_total";
+}
+
+/// What kind of Prometheus metric a name is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// Only goes up (`_total`).
+    Counter,
+    /// Goes up and down.
+    Gauge,
+    /// Bucketed observations (`_bucket`, `_sum`, `_count`), in seconds.
+    Histogram,
+}
+
+/// One exported metric: the reference the README, the dashboard and the tests share.
+#[derive(Debug, Clone, Copy)]
+pub struct MetricSpec {
+    /// Prometheus name.
+    pub name: &'static str,
+    /// Counter, gauge or histogram.
+    pub kind: Kind,
+    /// Label names it carries.
+    pub labels: &'static [&'static str],
+    /// `# HELP` text.
+    pub help: &'static str,
+    /// Which process exports it.
+    pub process: Process,
+}
+
+/// The process that exports a metric (the all-in-one process exports all).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Process {
+    /// Generator + verify API.
+    Generator,
+    /// Sender.
+    Sender,
+    /// Both.
+    Every,
+}
+
+/// Every metric otp-pipeline exports: the contract's (DESIGN.md) first, then the additions.
+pub const ALL: &[MetricSpec] = {
+    use Kind::*;
+    use Process::*;
+    use names::*;
+    &[
+        spec(REQUESTS, Counter, &["outcome"], "OTP requests processed by the generator, by outcome.", Generator),
+        spec(CODES_ISSUED, Counter, &[], "One-time codes issued.", Generator),
+        spec(DELIVERIES, Counter, &["carrier", "outcome"], "Deliveries finished, by carrier and outcome.", Sender),
+        spec(CARRIER_ATTEMPTS, Counter, &["carrier", "outcome"], "Calls to carriers, by carrier and outcome.", Sender),
+        spec(CARRIER_DURATION, Histogram, &["carrier"], "Duration of one carrier call, in seconds.", Sender),
+        spec(
+            DELIVERY_LATENCY,
+            Histogram,
+            &[],
+            "Request received by the generator to SMS accepted by a carrier, in seconds.",
+            Sender,
+        ),
+        spec(CIRCUIT_OPEN, Gauge, &["carrier"], "1 while the carrier's circuit breaker is open.", Sender),
+        spec(FAILOVERS, Counter, &[], "Deliveries moved to another carrier.", Sender),
+        spec(VERIFICATIONS, Counter, &["outcome"], "Verification attempts, by outcome.", Generator),
+        spec(VERIFY_DURATION, Histogram, &[], "Duration of POST /v1/verify, in seconds.", Generator),
+        spec(RECEIPTS, Counter, &["carrier", "status"], "Carrier delivery receipts, by carrier and status.", Sender),
+        spec(DEAD_LETTERS, Counter, &["reason"], "Messages moved to the dead-letter queue, by reason.", Every),
+        spec(BROKER_CONNECTED, Gauge, &[], "1 while connected to RabbitMQ.", Every),
+        spec(BROKER_RECONNECTS, Counter, &[], "Broker connections rebuilt after a loss.", Every),
+        spec(BUILD_INFO, Gauge, &["version"], "Always 1; the version label is the running build.", Every),
+        spec(
+            CONVERSIONS,
+            Counter,
+            &["carrier"],
+            "Approved verifications, by the carrier that delivered the code.",
+            Generator,
+        ),
+        spec(
+            VERIFY_LOCKOUTS,
+            Counter,
+            &[],
+            "Numbers locked after too many consecutive failed verifications.",
+            Generator,
+        ),
+        spec(QUARANTINES, Counter, &["rule"], "Number prefixes quarantined as suspected SMS pumping.", Generator),
+        spec(
+            HTTP_RATE_LIMITED,
+            Counter,
+            &[],
+            "HTTP requests refused because their API key is over its rate.",
+            Generator,
+        ),
+        spec(AUTH_FAILURES, Counter, &["reason"], "HTTP requests refused for a missing or wrong API key.", Generator),
+    ]
+};
+
+/// The metric names of DESIGN.md's contract (the first entries of [`ALL`]).
+pub const CONTRACT: &[&str] = &[
+    names::REQUESTS,
+    names::CODES_ISSUED,
+    names::DELIVERIES,
+    names::CARRIER_ATTEMPTS,
+    names::CARRIER_DURATION,
+    names::DELIVERY_LATENCY,
+    names::CIRCUIT_OPEN,
+    names::FAILOVERS,
+    names::VERIFICATIONS,
+    names::VERIFY_DURATION,
+    names::RECEIPTS,
+    names::DEAD_LETTERS,
+    names::BROKER_CONNECTED,
+    names::BROKER_RECONNECTS,
+];
+
+const fn spec(
+    name: &'static str,
+    kind: Kind,
+    labels: &'static [&'static str],
+    help: &'static str,
+    process: Process,
+) -> MetricSpec {
+    MetricSpec { name, kind, labels, help, process }
 }
 
 /// Histogram buckets for OTP work: 1 ms … 30 s.
@@ -79,26 +201,24 @@ pub fn metrics() -> PrometheusHandle {
 }
 
 fn describe() {
-    use names::*;
-    describe_counter!(REQUESTS, "OTP requests processed by the generator, by outcome.");
-    describe_counter!(CODES_ISSUED, "One-time codes issued.");
-    describe_counter!(DELIVERIES, "Deliveries finished, by carrier and outcome.");
-    describe_counter!(CARRIER_ATTEMPTS, "Calls to carriers, by carrier and outcome.");
-    describe_histogram!(CARRIER_DURATION, Unit::Seconds, "Duration of one carrier call.");
-    describe_histogram!(
-        DELIVERY_LATENCY,
-        Unit::Seconds,
-        "Request received by the generator to SMS accepted by a carrier."
-    );
-    describe_gauge!(CIRCUIT_OPEN, "1 while the carrier's circuit breaker is open.");
-    describe_counter!(FAILOVERS, "Deliveries moved to another carrier.");
-    describe_counter!(VERIFICATIONS, "Verification attempts, by outcome.");
-    describe_histogram!(VERIFY_DURATION, Unit::Seconds, "Duration of POST /v1/verify.");
-    describe_counter!(RECEIPTS, "Carrier delivery receipts, by carrier and status.");
-    describe_counter!(DEAD_LETTERS, "Messages moved to the dead-letter queue, by reason.");
-    describe_gauge!(BROKER_CONNECTED, "1 while connected to RabbitMQ.");
-    describe_counter!(BROKER_RECONNECTS, "Broker connections rebuilt after a loss.");
-    describe_counter!(AUTH_FAILURES, "HTTP requests refused for a missing or wrong API key.");
+    for m in ALL {
+        match m.kind {
+            Kind::Counter => describe_counter!(m.name, m.help),
+            Kind::Gauge => describe_gauge!(m.name, m.help),
+            Kind::Histogram => describe_histogram!(m.name, Unit::Seconds, m.help),
+        }
+    }
+    // Series that exist from the start, so dashboards and alerts see 0, not "no data".
+    metrics::gauge!(names::BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
+    for name in [
+        names::CODES_ISSUED,
+        names::FAILOVERS,
+        names::BROKER_RECONNECTS,
+        names::VERIFY_LOCKOUTS,
+        names::HTTP_RATE_LIMITED,
+    ] {
+        metrics::counter!(name).absolute(0);
+    }
 }
 
 /// Installs the global `tracing` subscriber. `RUST_LOG` overrides `level`.
