@@ -515,7 +515,7 @@ impl PrefixStats {
 }
 
 /// A prefix no code is sent to until `until`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Quarantine {
     /// The prefix (digits, no `+`).
     pub prefix: String,

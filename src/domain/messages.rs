@@ -43,7 +43,7 @@ impl fmt::Debug for Delivery {
 }
 
 /// The lifecycle of a request, as `GET /v1/otp/{request_id}` reports it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum RequestStatus {
     /// Code issued, delivery queued.

@@ -11,12 +11,14 @@ pub const MAX_REQUEST_ID_LEN: usize = 128;
 pub const TTL_RANGE_SECS: std::ops::RangeInclusive<u32> = 30..=3600;
 
 /// A request as producers send it (contract v1), before validation.
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawRequest {
     /// The producer's idempotency key: 1–128 printable ASCII characters.
+    #[schema(min_length = 1, max_length = 128, pattern = "^[\\x20-\\x7E]+$", example = "order-42-login-1")]
     pub request_id: String,
     /// The recipient, E.164.
+    #[schema(pattern = "^\\+[1-9][0-9]{1,14}$", example = "+14155550123")]
     pub phone: String,
     /// Template name (default `login`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -26,12 +28,15 @@ pub struct RawRequest {
     pub locale: Option<String>,
     /// Digits in the code, 4–10 (default 6).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 4, maximum = 10)]
     pub code_length: Option<u8>,
     /// Code lifetime in seconds, 30–3600 (default 300).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 30, maximum = 3600)]
     pub ttl_secs: Option<u32>,
     /// Only `sms` in v1.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(pattern = "^sms$")]
     pub channel: Option<String>,
 }
 
@@ -69,7 +74,7 @@ impl RawRequest {
 }
 
 /// Why a request is refused (the contract's `reason` values).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum RejectReason {
     /// A field is missing, malformed or out of range.

@@ -1,5 +1,6 @@
 //! Bearer API keys, compared in constant time, with a request rate limit per key.
 
+use crate::http::bodies::ErrorBody;
 use crate::telemetry::names;
 use axum::extract::{Request, State};
 use axum::http::{HeaderValue, StatusCode, header};
@@ -80,10 +81,6 @@ impl Gate {
     }
 }
 
-fn refuse(status: StatusCode, error: &str) -> Response {
-    (status, axum::Json(serde_json::json!({ "error": error }))).into_response()
-}
-
 /// Middleware: 401 unless the request carries `Authorization: Bearer <key>`;
 /// 429 with `Retry-After` when that key is over its request rate.
 pub async fn require_api_key(State(gate): State<Arc<Gate>>, request: Request, next: Next) -> Response {
@@ -93,15 +90,16 @@ pub async fn require_api_key(State(gate): State<Arc<Gate>>, request: Request, ne
             Err(wait) => {
                 metrics::counter!(names::HTTP_RATE_LIMITED).increment(1);
                 let secs = (wait.as_secs() + u64::from(wait.subsec_nanos() > 0)).max(1);
-                let body = serde_json::json!({ "error": "too many requests for this API key" });
-                return crate::http::json::too_many_requests(body, secs);
+                let body = ErrorBody::new("too many requests for this API key");
+                return crate::http::json::too_many_requests(&body, secs);
             }
         },
         Some(_) => "wrong_key",
         None => "missing_key",
     };
     metrics::counter!(names::AUTH_FAILURES, "reason" => reason).increment(1);
-    let mut response = refuse(StatusCode::UNAUTHORIZED, "missing or invalid API key: send Authorization: Bearer <key>");
+    let body = ErrorBody::new("missing or invalid API key: send Authorization: Bearer <key>");
+    let mut response = (StatusCode::UNAUTHORIZED, axum::Json(body)).into_response();
     response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
     response
 }

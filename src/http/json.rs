@@ -1,11 +1,11 @@
 //! JSON bodies and errors: every failure answers `{"error": …}` with the
 //! right status (400 for bad JSON or fields, 413 for oversized bodies).
 
+use crate::http::bodies::ErrorBody;
 use axum::extract::FromRequest;
 use axum::extract::rejection::JsonRejection;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use serde_json::json;
 
 /// `axum::Json`, with rejections turned into the contract's error shape.
 #[derive(FromRequest)]
@@ -45,7 +45,7 @@ impl From<JsonRejection> for ApiError {
 }
 
 /// 429 with `body` and `Retry-After: wait_secs`.
-pub fn too_many_requests(body: serde_json::Value, wait_secs: u64) -> Response {
+pub fn too_many_requests(body: &impl serde::Serialize, wait_secs: u64) -> Response {
     let mut response = (StatusCode::TOO_MANY_REQUESTS, axum::Json(body)).into_response();
     response.headers_mut().insert(axum::http::header::RETRY_AFTER, axum::http::HeaderValue::from(wait_secs));
     response
@@ -53,6 +53,6 @@ pub fn too_many_requests(body: serde_json::Value, wait_secs: u64) -> Response {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (self.status, axum::Json(json!({ "error": self.message }))).into_response()
+        (self.status, axum::Json(ErrorBody::new(self.message))).into_response()
     }
 }

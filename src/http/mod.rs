@@ -1,9 +1,11 @@
-//! HTTP: the generator's API (`/v1/*`) and every process's operational routes
-//! (`/metrics`, `/healthz`, `/readyz`).
+//! HTTP: the generator's API (`/v1/*`, described at `/openapi.json`) and every
+//! process's operational routes (`/metrics`, `/healthz`, `/readyz`).
 
 mod admin;
 mod auth;
+pub mod bodies;
 mod json;
+pub mod openapi;
 mod ops;
 mod otp;
 mod receipts;
@@ -50,7 +52,11 @@ pub fn api_router(state: ApiState, metrics: PrometheusHandle, max_body_bytes: us
         .with_state(state.clone());
     let v1 = v1.merge(admin);
     let generator = state.generator.clone();
-    v1.merge(ops::router(broker, metrics, Some(Arc::new(move || generator.store_ok()))))
+    let openapi = Router::new().route(
+        "/openapi.json",
+        get(|| async { ([(axum::http::header::CONTENT_TYPE, "application/json")], openapi::json()) }),
+    );
+    v1.merge(openapi).merge(ops::router(broker, metrics, Some(Arc::new(move || generator.store_ok()))))
 }
 
 /// A sender process's router: ops routes only.

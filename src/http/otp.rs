@@ -1,25 +1,46 @@
-//! `POST /v1/otp` (publish a request) and `GET /v1/otp/{request_id}` (its state).
+//! `POST /v1/otp` (publish a request), `GET /v1/otp/{request_id}` (its state)
+//! and `DELETE /v1/otp/{request_id}` (cancel it).
 
 use crate::domain::RawRequest;
 use crate::domain::phone::mask;
 use crate::generator::GeneratorError;
 use crate::http::ApiState;
+use crate::http::bodies::{Accepted, ErrorBody, NotFound, RequestView, StatusOnly};
 use crate::http::json::{ApiError, ApiJson, too_many_requests};
 use crate::store::CancelOutcome;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use serde_json::json;
 use time::format_description::well_known::Rfc3339;
 
 /// Validates the request as the generator will, publishes it with a confirm,
-/// and answers 202 once the broker has it.
+/// and answers 202 once the broker has it. The outcome follows as events.
+#[utoipa::path(
+    post,
+    path = "/v1/otp",
+    tag = "otp",
+    request_body = RawRequest,
+    security(("api_key" = [])),
+    responses(
+        (status = 202, description = "Published; the generator issues the code and a sender delivers it.",
+            body = Accepted),
+        (status = 400, description = "Invalid request (`reason`: `invalid_request`, `invalid_phone`, \
+            `country_blocked`, `suspected_pumping`) or malformed JSON.", body = ErrorBody),
+        (status = 401, description = "Missing or wrong API key.", body = ErrorBody),
+        (status = 413, description = "Body over `http.max_body_bytes`.", body = ErrorBody),
+        (status = 415, description = "Content-Type is not application/json.", body = ErrorBody),
+        (status = 429, description = "Send limit for this number (`rate_limited`, `retry_after_secs`) or \
+            the API key is over its rate.", body = ErrorBody,
+            headers(("Retry-After" = u64, description = "Seconds to wait"))),
+        (status = 503, description = "The broker or store is unavailable; retry.", body = ErrorBody),
+    )
+)]
 pub async fn create(State(state): State<ApiState>, ApiJson(raw): ApiJson<RawRequest>) -> Result<Response, ApiError> {
     let request_id = raw.request_id.clone();
     let valid = match state.generator.validate(raw.clone()) {
         Ok(valid) => valid,
         Err(rejection) => {
-            let body = json!({"error": rejection.detail, "reason": rejection.reason});
+            let body = ErrorBody { reason: Some(rejection.reason), ..ErrorBody::new(rejection.detail) };
             return Ok((StatusCode::BAD_REQUEST, axum::Json(body)).into_response());
         }
     };
@@ -27,13 +48,13 @@ pub async fn create(State(state): State<ApiState>, ApiJson(raw): ApiJson<RawRequ
         Ok(()) => {}
         Err(GeneratorError::Refused(rejection, retry_at)) => {
             state.generator.announce_refusal(&valid, &rejection, retry_at).await;
-            let mut body = json!({"error": rejection.detail, "reason": rejection.reason});
+            let mut body = ErrorBody { reason: Some(rejection.reason), ..ErrorBody::new(rejection.detail) };
             let Some(retry_at) = retry_at else {
                 return Ok((StatusCode::BAD_REQUEST, axum::Json(body)).into_response());
             };
             let wait = crate::generator::seconds_until(retry_at, state.generator.now());
-            body["retry_after_secs"] = json!(wait);
-            return Ok(too_many_requests(body, wait));
+            body.retry_after_secs = Some(wait);
+            return Ok(too_many_requests(&body, wait));
         }
         Err(e) => {
             tracing::error!(error = %e, "limit check failed");
@@ -44,22 +65,42 @@ pub async fn create(State(state): State<ApiState>, ApiJson(raw): ApiJson<RawRequ
         tracing::warn!(error = %e, "could not publish a request");
         ApiError::unavailable("the broker did not take the request; try again")
     })?;
-    Ok((StatusCode::ACCEPTED, axum::Json(json!({"request_id": request_id}))).into_response())
+    Ok((StatusCode::ACCEPTED, axum::Json(Accepted { request_id })).into_response())
 }
 
 /// Cancels a pending code: 200 `{"status":"canceled"}`, 409 with the final
 /// status if it is already verified/expired/canceled, 404 if unknown.
+#[utoipa::path(
+    delete,
+    path = "/v1/otp/{request_id}",
+    tag = "otp",
+    params(("request_id" = String, Path, description = "The producer's request id")),
+    security(("api_key" = [])),
+    responses(
+        (status = 200, description = "Canceled: the code can no longer be verified.", body = StatusOnly),
+        (status = 401, description = "Missing or wrong API key.", body = ErrorBody),
+        (status = 404, description = "No such request.", body = NotFound),
+        (status = 409, description = "Already final (verified, expired or canceled); `status` says which.",
+            body = StatusOnly),
+        (status = 429, description = "The API key is over its rate.", body = ErrorBody,
+            headers(("Retry-After" = u64, description = "Seconds to wait"))),
+        (status = 503, description = "The store is unavailable; retry.", body = ErrorBody),
+    )
+)]
 pub async fn cancel(State(state): State<ApiState>, Path(request_id): Path<String>) -> Result<Response, ApiError> {
     let outcome = state.generator.cancel(&request_id).await.map_err(|e| {
         tracing::error!(error = %e, "cancel failed");
         ApiError::unavailable("cancel is unavailable; try again")
     })?;
-    let (status, body) = match outcome {
-        CancelOutcome::Canceled(_) => (StatusCode::OK, json!({"status": "canceled"})),
-        CancelOutcome::AlreadyFinal(current) => (StatusCode::CONFLICT, json!({"status": current})),
-        CancelOutcome::NotFound => (StatusCode::NOT_FOUND, json!({"status": "not_found"})),
-    };
-    Ok((status, axum::Json(body)).into_response())
+    Ok(match outcome {
+        CancelOutcome::Canceled(record) => {
+            (StatusCode::OK, axum::Json(StatusOnly { status: record.status })).into_response()
+        }
+        CancelOutcome::AlreadyFinal(status) => {
+            (StatusCode::CONFLICT, axum::Json(StatusOnly { status })).into_response()
+        }
+        CancelOutcome::NotFound => (StatusCode::NOT_FOUND, axum::Json(NotFound::new())).into_response(),
+    })
 }
 
 fn rfc3339(t: time::OffsetDateTime) -> String {
@@ -67,24 +108,40 @@ fn rfc3339(t: time::OffsetDateTime) -> String {
 }
 
 /// The request's lifecycle: status, carrier and timestamps.
+#[utoipa::path(
+    get,
+    path = "/v1/otp/{request_id}",
+    tag = "otp",
+    params(("request_id" = String, Path, description = "The producer's request id")),
+    security(("api_key" = [])),
+    responses(
+        (status = 200, description = "The request's state; the phone is masked.", body = RequestView),
+        (status = 401, description = "Missing or wrong API key.", body = ErrorBody),
+        (status = 404, description = "No such request (or it was swept after `store.retention_secs`).",
+            body = NotFound),
+        (status = 429, description = "The API key is over its rate.", body = ErrorBody,
+            headers(("Retry-After" = u64, description = "Seconds to wait"))),
+        (status = 503, description = "The store is unavailable; retry.", body = ErrorBody),
+    )
+)]
 pub async fn status(State(state): State<ApiState>, Path(request_id): Path<String>) -> Result<Response, ApiError> {
     let record = state.generator.request(&request_id).map_err(|e| {
         tracing::error!(error = %e, "status lookup failed");
         ApiError::unavailable("status is unavailable; try again")
     })?;
     let Some(r) = record else {
-        return Ok((StatusCode::NOT_FOUND, axum::Json(json!({"status": "not_found"}))).into_response());
+        return Ok((StatusCode::NOT_FOUND, axum::Json(NotFound::new())).into_response());
     };
-    let body = json!({
-        "request_id": r.request_id,
-        "status": r.status,
-        "phone": mask(&r.phone),
-        "carrier": r.carrier,
-        "carrier_message_id": r.carrier_message_id,
-        "error": r.error,
-        "created_at": rfc3339(r.created_at),
-        "updated_at": rfc3339(r.updated_at),
-        "expires_at": rfc3339(r.expires_at),
-    });
+    let body = RequestView {
+        request_id: r.request_id,
+        status: r.status,
+        phone: mask(&r.phone),
+        carrier: r.carrier,
+        carrier_message_id: r.carrier_message_id,
+        error: r.error,
+        created_at: rfc3339(r.created_at),
+        updated_at: rfc3339(r.updated_at),
+        expires_at: rfc3339(r.expires_at),
+    };
     Ok((StatusCode::OK, axum::Json(body)).into_response())
 }
