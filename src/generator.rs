@@ -5,6 +5,7 @@
 
 use crate::broker::{BoxFuture, Broker, BrokerError, Disposition, Handler, Inbound, Topology};
 use crate::domain::limits::{Policies, Quarantine};
+use crate::domain::phone::redact_numbers;
 use crate::domain::{
     Clock, Code, CodeRecord, DecodeError, Delivery, Event, EventKind, KeyRing, Limits, Phone, RawRequest,
     ReceiptMessage, RejectReason, Rejection, Reply, ReplyStatus, Templates, ValidRequest, VerifyOutcome,
@@ -159,7 +160,7 @@ impl Generator {
         match self.validate(raw) {
             Ok(request) => self.issue(request, &message).await,
             Err(rejection) => {
-                let id = Some(request_id).filter(|id| (1..=128).contains(&id.len()) && id.is_ascii());
+                let id = Some(request_id).filter(|id| crate::domain::request::valid_request_id(id));
                 self.reject(id, &phone, rejection, &message).await
             }
         }
@@ -339,7 +340,7 @@ impl Generator {
         let event: Event = match serde_json::from_slice(&message.body) {
             Ok(e) => e,
             Err(e) => {
-                return Disposition::DeadLetter { reason: "malformed_event", error: e.to_string() };
+                return Disposition::DeadLetter { reason: "malformed_event", error: redact_numbers(&e.to_string()) };
             }
         };
         let Some(request_id) = event.request_id.as_deref() else {
@@ -365,7 +366,7 @@ impl Generator {
         let receipt: ReceiptMessage = match serde_json::from_slice(&message.body) {
             Ok(r) => r,
             Err(e) => {
-                return Disposition::DeadLetter { reason: "malformed_receipt", error: e.to_string() };
+                return Disposition::DeadLetter { reason: "malformed_receipt", error: redact_numbers(&e.to_string()) };
             }
         };
         let request_id = match self.track(self.store.request_for_message(&receipt.carrier, &receipt.carrier_message_id))

@@ -18,7 +18,7 @@ pub struct RawRequest {
     #[schema(min_length = 1, max_length = 128, pattern = "^[\\x20-\\x7E]+$", example = "order-42-login-1")]
     pub request_id: String,
     /// The recipient, E.164.
-    #[schema(pattern = "^\\+[1-9][0-9]{1,14}$", example = "+14155550123")]
+    #[schema(pattern = "^\\+[1-9][0-9]{7,14}$", example = "+14155550123")]
     pub phone: String,
     /// Template name (default `login`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -150,7 +150,7 @@ pub struct ValidRequest {
     pub ttl: Duration,
 }
 
-fn valid_request_id(id: &str) -> bool {
+pub(crate) fn valid_request_id(id: &str) -> bool {
     (1..=MAX_REQUEST_ID_LEN).contains(&id.len()) && id.bytes().all(|b| (0x20..=0x7e).contains(&b))
 }
 
