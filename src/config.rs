@@ -547,6 +547,39 @@ mod tests {
         );
     }
 
+    /// Keys of `config/default.toml`, set or shown commented out (`# key = …`),
+    /// as `section.key`; the maps (`sender.limits`, `routing.countries`) excluded.
+    fn documented_keys() -> Vec<String> {
+        let text = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("config/default.toml")).unwrap();
+        let (mut section, mut keys) = (String::new(), Vec::new());
+        for line in text.lines() {
+            let bare = line.trim_start_matches('#').trim();
+            if let Some(name) = bare.strip_prefix('[').and_then(|r| r.split_once(']')).map(|(n, _)| n) {
+                section = name.to_owned();
+            } else if let Some((key, _)) = bare.split_once(" = ")
+                && key.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+                && !section.is_empty()
+                && !["sender.limits", "routing.countries"].contains(&section.as_str())
+            {
+                keys.push(format!("{section}.{key}"));
+            }
+        }
+        keys
+    }
+
+    #[test]
+    fn the_readme_reference_lists_every_key_with_its_environment_variable() {
+        let readme = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md")).unwrap();
+        let keys = documented_keys();
+        assert!(keys.len() > 60, "{keys:?}");
+        for key in keys {
+            let env = format!("OTP_{}", key.to_uppercase().replace('.', "__"));
+            let row = format!("| `{key}` |");
+            let line = readme.lines().find(|l| l.starts_with(&row));
+            assert!(line.is_some_and(|l| l.contains(&env)), "README lacks a reference row for {key} with {env}");
+        }
+    }
+
     #[test]
     fn every_shipped_config_file_loads() {
         let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("config");

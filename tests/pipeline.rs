@@ -317,54 +317,12 @@ async fn post_otp_publishes_and_validates() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn metrics_follow_the_traffic() {
-    let env = TestEnv::start().await;
-    env.publish(&env.request("m-1")).await;
-    let code = env.code_for("m-1").await;
-    env.verify(PHONE, &code).await;
-    let text = env.http.get(env.url("/metrics")).send().await.unwrap().text().await.unwrap();
-    for name in [
-        "otp_requests_total{outcome=\"accepted\"}",
-        "otp_codes_issued_total",
-        "otp_deliveries_total{carrier=\"webhook\",outcome=\"sent\"}",
-        "otp_carrier_attempts_total{carrier=\"webhook\",outcome=\"accepted\"}",
-        "otp_carrier_request_duration_seconds_bucket",
-        "otp_delivery_latency_seconds_bucket",
-        "otp_verifications_total{outcome=\"approved\"}",
-        "otp_verify_duration_seconds_bucket",
-        "otp_broker_connected",
-    ] {
-        assert!(text.contains(name), "{name} missing from /metrics");
-    }
-    env.teardown().await;
-}
-
-/// Closes this test's connections from the broker's side, as a broker
-/// restart or a network cut would.
-fn kill_connections(prefix: &str) -> usize {
-    let list = std::process::Command::new("rabbitmqctl")
-        .args(["list_connections", "pid", "client_properties", "--quiet", "--no-table-headers"])
-        .output()
-        .expect("rabbitmqctl runs (it ships with RabbitMQ)");
-    let text = String::from_utf8_lossy(&list.stdout);
-    let pids: Vec<&str> =
-        text.lines().filter(|l| l.contains(prefix)).filter_map(|l| l.split_whitespace().next()).collect();
-    for pid in &pids {
-        std::process::Command::new("rabbitmqctl")
-            .args(["close_connection", pid, "test: connection killed"])
-            .output()
-            .unwrap();
-    }
-    pids.len()
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn workers_recover_when_the_broker_drops_their_connections() {
     let env = TestEnv::start().await;
     env.publish(&env.request("before-cut")).await;
     let first = env.code_for("before-cut").await;
 
-    assert!(kill_connections(&env.prefix) >= 2, "the generator's and the sender's connections were found");
+    assert!(common::kill_connections(&env.prefix) >= 2, "the generator's and the sender's connections were found");
     let ready = common::eventually(|| async {
         let metrics = env.http.get(env.url("/metrics")).send().await.ok()?.text().await.ok()?;
         let ready = env.http.get(env.url("/readyz")).send().await.ok()?.status() == 200;

@@ -416,3 +416,22 @@ where
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// Closes this test's connections from the broker's side, as a broker
+/// restart or a network cut would.
+pub fn kill_connections(prefix: &str) -> usize {
+    let list = std::process::Command::new("rabbitmqctl")
+        .args(["list_connections", "pid", "client_properties", "--quiet", "--no-table-headers"])
+        .output()
+        .expect("rabbitmqctl runs (it ships with RabbitMQ)");
+    let text = String::from_utf8_lossy(&list.stdout);
+    let pids: Vec<&str> =
+        text.lines().filter(|l| l.contains(prefix)).filter_map(|l| l.split_whitespace().next()).collect();
+    for pid in &pids {
+        std::process::Command::new("rabbitmqctl")
+            .args(["close_connection", pid, "test: connection killed"])
+            .output()
+            .unwrap();
+    }
+    pids.len()
+}
