@@ -4,11 +4,12 @@
 //! It wires the domain, the store and the broker; it alone touches codes.
 
 use crate::broker::{BoxFuture, Broker, BrokerError, Disposition, Handler, Inbound, Topology};
+use crate::domain::digest::CodeSeed;
 use crate::domain::limits::{Policies, Quarantine};
 use crate::domain::phone::redact_numbers;
 use crate::domain::{
     Clock, Code, CodeRecord, DecodeError, Delivery, Event, EventKind, KeyRing, Limits, Phone, RawRequest,
-    ReceiptMessage, RejectReason, Rejection, Reply, ReplyStatus, Templates, ValidRequest, VerifyOutcome,
+    ReceiptMessage, RejectReason, Rejection, Reply, ReplyStatus, RequestStatus, Templates, ValidRequest, VerifyOutcome,
 };
 use crate::store::{CancelOutcome, IssueOutcome, RequestRecord, Store, StoreError, SweepReport};
 use crate::telemetry::names;
@@ -211,13 +212,26 @@ impl Generator {
             return self.reject(Some(request.request_id), request.phone.e164(), rejection, message).await;
         }
         let now = self.clock.now();
-        let code = Code::generate(request.code_length, &mut rand::rng());
+        // A request issued before but never queued (a crash in between) keeps its seed, so its code.
+        let prior = match self.track(self.store.request(&request.request_id)) {
+            Ok(prior) => prior.filter(|r| !r.delivery_queued && r.status == RequestStatus::Pending),
+            Err(e) => return self.store_failed(&e),
+        };
+        let (seed, key) = match prior.and_then(|r| Some((r.code_seed?, r.code_key_id?))) {
+            Some((seed, key_id)) => match self.keys.get(&key_id) {
+                Some(key) => (seed, key),
+                None => (CodeSeed::random(&mut rand::rng()), self.keys.current()),
+            },
+            None => (CodeSeed::random(&mut rand::rng()), self.keys.current()),
+        };
+        let code = key.derive_code(&seed, request.code_length);
         let record = CodeRecord {
             request_id: request.request_id.clone(),
-            digest: self.keys.current().digest(&request.phone, &request.request_id, &code),
-            key_id: self.keys.current().id().to_owned(),
+            digest: key.digest(&request.phone, &request.request_id, &code),
+            key_id: key.id().to_owned(),
             expires_at: now + request.ttl,
             attempts_left: self.policy.max_attempts,
+            seed: Some(seed),
         };
         let outcome = match self.track(self.store.issue(&request, &record, now, &self.policy.guards)) {
             Ok(o) => o,
@@ -235,6 +249,7 @@ impl Generator {
             IssueOutcome::Duplicate(existing) => {
                 return self.duplicate(&request, &existing, message).await;
             }
+            IssueOutcome::InProgress => return Disposition::Retry { after: RETRY_PAUSE },
             refused @ (IssueOutcome::RateLimited(_) | IssueOutcome::Quarantined { .. }) => {
                 let (rejection, retry_at) = limit_rejection(&refused, now).expect("a limit outcome");
                 return self

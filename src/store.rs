@@ -3,6 +3,7 @@
 //!
 //! Only the generator process opens the store (sled is single-process).
 
+use crate::domain::digest::CodeSeed;
 use crate::domain::limits::{Limited, Policies, PrefixStats, Quarantine, SendHistory, VerifyFailures, prefix_of};
 use crate::domain::{
     Code, CodeRecord, EventKind, KeyRing, Phone, RequestStatus, Transition, ValidRequest, VerifyOutcome, decide,
@@ -58,6 +59,13 @@ pub struct RequestRecord {
     pub carrier_message_id: Option<String>,
     /// Last error (failed delivery, replaced code, locked code).
     pub error: Option<String>,
+    /// The code's seed and the id of the key it was derived under: a request
+    /// re-issued after a crash gets the same code back.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub code_seed: Option<CodeSeed>,
+    /// Key id for `code_seed`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub code_key_id: Option<String>,
 }
 
 /// What [`Store::issue`] found.
@@ -69,6 +77,8 @@ pub enum IssueOutcome {
     Duplicate(Box<RequestRecord>),
     /// This request id was used before with another phone or other parameters.
     Conflict,
+    /// Another consumer is issuing this request id right now: try again shortly.
+    InProgress,
     /// Too many sends to this number: refused until `retry_at`.
     RateLimited(Limited),
     /// The number's prefix is quarantined as suspected SMS pumping
@@ -171,6 +181,7 @@ fn dummy_record() -> CodeRecord {
         key_id: String::new(),
         expires_at: OffsetDateTime::UNIX_EPOCH,
         attempts_left: 0,
+        seed: None,
     }
 }
 
@@ -197,8 +208,10 @@ impl Store {
     /// the request id. A code of another request for the same number dies.
     ///
     /// A request seen before whose delivery was never confirmed (the process
-    /// died in between) is issued again with the new code, which replaces the
-    /// unconfirmed one: the user never holds two valid codes.
+    /// died in between) is issued again from the same `code_seed`, so with the
+    /// same code; a different seed for it means another consumer is issuing it
+    /// now ([`IssueOutcome::InProgress`]). Records without a seed (older
+    /// versions) get the new code, which replaces the unconfirmed one.
     pub fn issue(
         &self,
         request: &ValidRequest,
@@ -226,6 +239,8 @@ impl Store {
             carrier: None,
             carrier_message_id: None,
             error: None,
+            code_seed: record.seed.clone(),
+            code_key_id: record.seed.as_ref().map(|_| record.key_id.clone()),
         };
         unwrap_tx((&self.codes, &self.requests, &self.limits).transaction(|(codes, requests, limits)| {
             let mut retry_of_unqueued = false;
@@ -242,6 +257,10 @@ impl Store {
                     return Ok(IssueOutcome::Duplicate(Box::new(existing)));
                 }
                 // Issued before but never queued (the process died): already counted.
+                // Another consumer issuing it right now (another seed): let it finish.
+                if existing.code_seed.is_some() && existing.code_seed != fresh.code_seed {
+                    return Ok(IssueOutcome::InProgress);
+                }
                 retry_of_unqueued = true;
             }
             if !retry_of_unqueued {
@@ -627,6 +646,7 @@ mod tests {
             key_id: key.id().into(),
             expires_at: now + req.ttl,
             attempts_left: 5,
+            seed: None,
         }
     }
 
@@ -647,6 +667,32 @@ mod tests {
         let (outcome, _, _) = store.verify(&req.phone, &code, &key, now, &open()).unwrap();
         assert_eq!(outcome.label(), "approved");
         assert_eq!(store.request("r1").unwrap().unwrap().status, RequestStatus::Verified);
+    }
+
+    #[test]
+    fn an_unqueued_request_keeps_its_seed_and_a_second_seed_waits() {
+        let (_d, store, keys) = setup();
+        let now = OffsetDateTime::now_utc();
+        let req = request("r1");
+        let seeded = |seed: &CodeSeed| {
+            let code = keys.current().derive_code(seed, req.code_length);
+            CodeRecord { seed: Some(seed.clone()), ..record(&keys, &req, code.expose(), now) }
+        };
+        let seed = CodeSeed::random(&mut rand::rng());
+        assert_eq!(store.issue(&req, &seeded(&seed), now, &open()).unwrap(), IssueOutcome::Issued);
+        let stored = store.request("r1").unwrap().unwrap();
+        assert_eq!(
+            (stored.code_seed.as_ref(), stored.code_key_id.as_deref()),
+            (Some(&seed), Some(keys.current().id()))
+        );
+        // After a crash before the delivery was confirmed: the same seed issues again (same code)…
+        assert_eq!(store.issue(&req, &seeded(&seed), now, &open()).unwrap(), IssueOutcome::Issued);
+        // …while another seed means a concurrent consumer: it must wait, not replace the code.
+        let other = CodeSeed::random(&mut rand::rng());
+        assert_eq!(store.issue(&req, &seeded(&other), now, &open()).unwrap(), IssueOutcome::InProgress);
+        let code = keys.current().derive_code(&seed, req.code_length);
+        let (outcome, _, _) = store.verify(&req.phone, &code, &keys, now, &open()).unwrap();
+        assert_eq!(outcome.label(), "approved");
     }
 
     #[test]

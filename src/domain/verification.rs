@@ -19,6 +19,10 @@ pub struct CodeRecord {
     pub expires_at: OffsetDateTime,
     /// Wrong guesses still allowed; 0 means locked until it expires.
     pub attempts_left: u8,
+    /// The seed the code was derived from; kept with the request record (so a
+    /// re-issue derives the same code), never with the digest.
+    #[serde(skip)]
+    pub seed: Option<crate::domain::digest::CodeSeed>,
 }
 
 /// What a verification attempt concluded.
@@ -122,6 +126,7 @@ mod tests {
             key_id: key.id().into(),
             expires_at: now + Duration::minutes(5),
             attempts_left: attempts,
+            seed: None,
         }
     }
 
