@@ -15,6 +15,7 @@ pub mod domain;
 pub mod fake_carrier;
 pub mod generator;
 pub mod http;
+pub mod probe;
 pub mod secrets;
 pub mod sender;
 pub mod store;

@@ -18,6 +18,10 @@ struct Cli {
     /// TOML configuration file (defaults apply without one; `OTP_*` variables override both).
     #[arg(long, short, global = true, env = "OTP_CONFIG")]
     config: Option<PathBuf>,
+    /// Check only: parse the arguments, load the configuration and build the routed carriers, then exit
+    /// without connecting or listening (tests/compose.rs checks every docker-compose command so).
+    #[arg(long, global = true)]
+    check: bool,
     #[command(subcommand)]
     command: Command,
 }
@@ -36,12 +40,35 @@ enum Command {
     Bench(bench::Args),
     /// A fake SMS carrier (Twilio, MSG91, Vonage and webhook APIs) on loopback.
     FakeCarrier(fake_carrier::Args),
+    /// Health check for containers (no curl in the image): GET URL, exit 0 on a 2xx, 1 otherwise.
+    Probe {
+        /// What to GET, e.g. http://127.0.0.1:8080/readyz.
+        url: reqwest::Url,
+        /// Give up after this many milliseconds.
+        #[arg(long, default_value_t = 2000)]
+        timeout_ms: u64,
+    },
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    if let Command::Probe { url, timeout_ms } = &cli.command
+        && !cli.check
+    {
+        let result = otp_pipeline::probe::probe(url.as_str(), std::time::Duration::from_millis(*timeout_ms)).await;
+        let (line, code) = result.map_or_else(|e| (format!("unhealthy: {e}"), 1), |ok| (format!("ok: {ok}"), 0));
+        println!("{line}");
+        std::process::exit(code);
+    }
     let config = Config::load(cli.config.as_deref())?;
+    if cli.check {
+        let routing = &config.routing;
+        for entry in routing.default.iter().chain(routing.countries.values().flatten()) {
+            otp_pipeline::carriers::build(entry.carrier(), &config)?;
+        }
+        return Ok(());
+    }
     otp_pipeline::telemetry::init_tracing(&config.log.format, &config.log.level);
     match cli.command {
         Command::AllInOne => all_in_one::run(config, cli.config).await,
@@ -50,5 +77,6 @@ async fn main() -> anyhow::Result<()> {
         Command::Publish(args) => publish::run(config, args).await,
         Command::Bench(args) => bench::run(config, args).await,
         Command::FakeCarrier(args) => fake_carrier::run(args).await,
+        Command::Probe { .. } => unreachable!("handled before the configuration is loaded"),
     }
 }
