@@ -100,7 +100,11 @@ impl GeneratorApp {
         secrets::ensure_data_dir(&data_dir)?;
         let key = secrets::key_ring(config.store.hmac_key.as_deref(), &config.store.previous_hmac_keys, &data_dir)?;
         let (keys, created_api_key) = secrets::api_keys(&config.http.api_keys, &data_dir)?;
-        let store = Store::open(&data_dir)?;
+        let addr = config.http.listen;
+        let listener = TcpListener::bind(addr).await.map_err(|source| AppError::Http { addr, source })?;
+        let listener = listener.into_std().map_err(|source| AppError::Http { addr, source })?;
+        let store = open_store(&data_dir, &listener, &metrics).await?;
+        let listener = TcpListener::from_std(listener).map_err(|source| AppError::Http { addr, source })?;
         let policy = Policy {
             limits: config.generator.limits()?,
             templates: Templates::new(config.templates.clone())?,
@@ -110,8 +114,6 @@ impl GeneratorApp {
         };
         let broker = Broker::new(&config.broker, "otp-generator");
         let generator = Arc::new(Generator::new(store, key, policy, broker, clock));
-        let addr = config.http.listen;
-        let listener = TcpListener::bind(addr).await.map_err(|source| AppError::Http { addr, source })?;
         let api_keys = Arc::new(ApiKeys::new(&keys));
         let gate = Arc::new(Gate::new(api_keys.clone(), config.http.rate_per_key_per_sec, config.http.burst_per_key));
         if config.http.admin_api_keys.iter().any(|k| k.trim().len() < secrets::MIN_API_KEY_LEN) {
@@ -194,6 +196,44 @@ impl GeneratorApp {
         tracing::info!("generator stopped; store flushed");
         served.map_err(|source| AppError::Http { addr, source })
     }
+}
+
+/// Opens the store. While it cannot be opened (disk full, permissions, a
+/// damaged file), nothing is consumed — so nothing is acked — and `listener`
+/// answers `/readyz` with 503 `{"store": false}` (and `/healthz`, `/metrics`),
+/// retrying with backoff until it opens.
+async fn open_store(
+    data_dir: &std::path::Path,
+    listener: &std::net::TcpListener,
+    metrics: &metrics_exporter_prometheus::PrometheusHandle,
+) -> Result<Store, AppError> {
+    let error = match Store::open(data_dir) {
+        Ok(store) => return Ok(store),
+        Err(error) => error,
+    };
+    let addr = listener.local_addr().map_err(|source| AppError::Http { addr: ([0, 0, 0, 0], 0).into(), source })?;
+    tracing::error!(error = %error, dir = %data_dir.display(), "cannot open the store: consuming nothing, not ready (http://{addr}/readyz); retrying");
+    let clone = listener.try_clone().map_err(|source| AppError::Http { addr, source })?;
+    let temporary = TcpListener::from_std(clone).map_err(|source| AppError::Http { addr, source })?;
+    let opened = CancellationToken::new();
+    let server = tokio::spawn(http::serve(temporary, http::not_ready_router(metrics.clone()), opened.clone()));
+    let mut delays = backon::BackoffBuilder::build(
+        backon::ExponentialBuilder::default()
+            .with_min_delay(std::time::Duration::from_millis(500))
+            .with_max_delay(std::time::Duration::from_secs(15))
+            .without_max_times(),
+    );
+    let store = loop {
+        tokio::time::sleep(delays.next().unwrap_or(std::time::Duration::from_secs(15))).await;
+        match Store::open(data_dir) {
+            Ok(store) => break store,
+            Err(e) => tracing::warn!(error = %e, "the store still cannot be opened"),
+        }
+    };
+    tracing::info!("store opened");
+    opened.cancel();
+    let _ = server.await;
+    Ok(store)
 }
 
 /// A sender process: deliveries consumer, optionally with its ops HTTP port.

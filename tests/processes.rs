@@ -172,3 +172,69 @@ async fn sighup_reloads_the_api_keys_without_a_restart() {
     generator.terminate();
     common::delete_topology(&Topology::new(&prefix, None)).await;
 }
+
+/// The disk under sled is unusable (here: a file where its directory goes):
+/// the generator consumes nothing — so acks nothing — and says not ready,
+/// then carries on by itself once the store opens.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_that_cannot_open_consumes_nothing_and_reports_not_ready_until_it_can() {
+    require_rabbitmq().await;
+    let carrier = MockServer::start().await;
+    Mock::given(method("POST")).respond_with(ResponseTemplate::new(200)).mount(&carrier).await;
+    let dir = tempfile::tempdir().unwrap();
+    let blocker = dir.path().join("sled");
+    std::fs::write(&blocker, b"not a directory").unwrap();
+    let prefix = format!("p-{}.", &uuid::Uuid::new_v4().simple().to_string()[..12]);
+    let mut env = base_env(&prefix, dir.path());
+    env.extend([
+        ("OTP_HTTP__API_KEYS", format!("[{API_KEY}]")),
+        ("OTP_SENDER__LISTEN", "127.0.0.1:0".into()),
+        ("OTP_ROUTING__DEFAULT", "[webhook]".into()),
+        ("OTP_CARRIERS__WEBHOOK__URL", format!("{}/sms", carrier.uri())),
+    ]);
+    let sender = Process::spawn("sender", &env);
+    sender.wait_for_line("connected to RabbitMQ").await;
+    let generator = Process::spawn("generator", &env);
+    let line = generator.wait_for_line("cannot open the store").await;
+    let start = line.find("http://").unwrap();
+    let readyz = line[start..].split(')').next().unwrap().to_owned();
+    let http = reqwest::Client::new();
+    let answer = http.get(&readyz).send().await.unwrap();
+    assert_eq!(answer.status(), 503);
+    assert_eq!(answer.json::<serde_json::Value>().await.unwrap()["store"], false);
+
+    let topology = Topology::new(&prefix, None);
+    for i in 0..5 {
+        let request = RawRequest {
+            request_id: format!("blocked-{i}"),
+            phone: format!("+1415555{:04}", 200 + i),
+            ..Default::default()
+        };
+        client::publish_bytes(&amqp_url(), &topology, &serde_json::to_vec(&request).unwrap(), None).await.unwrap();
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let (connection, channel) = common::open_channel().await;
+    let depth = channel
+        .queue_declare(
+            topology.requests.as_str().into(),
+            lapin::options::QueueDeclareOptions { passive: true, ..Default::default() },
+            lapin::types::FieldTable::default(),
+        )
+        .await
+        .unwrap()
+        .message_count();
+    let _ = connection.close(200, "bye".into()).await;
+    assert_eq!(depth, 5, "nothing was consumed while the store could not open");
+    assert!(carrier.received_requests().await.unwrap().is_empty());
+
+    std::fs::remove_file(&blocker).unwrap();
+    generator.wait_for_line("store opened").await;
+    let line = generator.wait_for_line("HTTP API on http://").await;
+    let base = line[line.find("http://").unwrap()..].trim().to_owned();
+    let sent = common::eventually(|| async { carrier.received_requests().await.filter(|r| r.len() == 5) }).await;
+    assert!(sent.is_some(), "all five delivered once the store opened");
+    assert_eq!(http.get(format!("{base}/readyz")).send().await.unwrap().status(), 200);
+    generator.terminate();
+    sender.terminate();
+    common::delete_topology(&topology).await;
+}

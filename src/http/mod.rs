@@ -59,6 +59,12 @@ pub fn api_router(state: ApiState, metrics: PrometheusHandle, max_body_bytes: us
     v1.merge(openapi).merge(ops::router(broker, metrics, Some(Arc::new(move || generator.store_ok()))))
 }
 
+/// What a generator serves while its store cannot be opened: `/healthz`,
+/// `/metrics`, and `/readyz` answering 503 `{"status":"not_ready","store":false}`.
+pub fn not_ready_router(metrics: PrometheusHandle) -> Router {
+    ops::not_ready_router(metrics)
+}
+
 /// A sender process's router: ops routes only.
 pub fn ops_router(broker: Arc<Broker>, metrics: PrometheusHandle) -> Router {
     ops::router(broker, metrics, None)

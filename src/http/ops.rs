@@ -30,6 +30,19 @@ pub fn router(broker: Arc<Broker>, handle: PrometheusHandle, store: Option<Check
         .with_state(OpsState { broker, metrics: handle, store })
 }
 
+/// `/healthz`, `/metrics`, and a `/readyz` that says not ready: the store is not open yet.
+pub fn not_ready_router(handle: PrometheusHandle) -> Router {
+    let render = move || {
+        let body = handle.render();
+        async move { ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], body) }
+    };
+    let not_ready = || async {
+        let body = Readiness { status: ReadyStatus::NotReady, broker: false, store: false };
+        (StatusCode::SERVICE_UNAVAILABLE, axum::Json(body))
+    };
+    Router::new().route("/metrics", get(render)).route("/healthz", get(healthz)).route("/readyz", get(not_ready))
+}
+
 /// Prometheus text exposition of this process's metrics.
 #[utoipa::path(
     get,
