@@ -112,7 +112,8 @@ impl GeneratorApp {
             app_name: config.generator.app_name.clone(),
             guards: config.limits.clone(),
         };
-        let broker = Broker::new(&config.broker, "otp-generator");
+        config.check_shards(true)?;
+        let broker = Broker::for_shard(&config.broker, "otp-generator", Some(config.generator.shard));
         let generator = Arc::new(Generator::new(store, key, policy, broker, clock));
         let api_keys = Arc::new(ApiKeys::new(&keys));
         let gate = Arc::new(Gate::new(api_keys.clone(), config.http.rate_per_key_per_sec, config.http.burst_per_key));
@@ -122,7 +123,8 @@ impl GeneratorApp {
         }
         let admin_keys = Arc::new(ApiKeys::new(&config.http.admin_api_keys));
         let admin = Arc::new(Gate::new(admin_keys, config.http.rate_per_key_per_sec, config.http.burst_per_key));
-        let state = ApiState { generator: generator.clone(), gate, admin };
+        let shards = Arc::new(http::Shards::new(&config.broker, &config.generator));
+        let state = ApiState { generator: generator.clone(), gate, admin, shards };
         let router = http::api_router(state, metrics, config.http.max_body_bytes);
         let sweep_every = std::time::Duration::from_secs(config.store.sweep_interval_secs.max(1));
         let retention = time::Duration::seconds(i64::try_from(config.store.retention_secs).unwrap_or(i64::MAX));
@@ -166,10 +168,18 @@ impl GeneratorApp {
         let addr = self.local_addr();
         let broker = self.generator.broker().clone();
         let topology = broker.topology().clone();
-        let subscriptions = vec![
-            Subscription { queue: topology.requests, handler: Arc::new(RequestHandler(self.generator.clone())) },
+        let mut subscriptions = vec![
+            Subscription {
+                queue: topology.requests.clone(),
+                handler: Arc::new(RequestHandler(self.generator.clone())),
+            },
             Subscription { queue: topology.status, handler: Arc::new(StatusHandler(self.generator.clone())) },
         ];
+        if topology.ingress != topology.requests {
+            // Sharded: every shard also drains the shared queue, forwarding what it does not own.
+            let handler = Arc::new(RequestHandler(self.generator.clone()));
+            subscriptions.push(Subscription { queue: topology.ingress, handler });
+        }
         let consuming = tokio::spawn(broker.run(subscriptions, shutdown.clone()));
         let sweeper = tokio::spawn({
             let (generator, shutdown, every, retention) =

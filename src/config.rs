@@ -62,6 +62,9 @@ pub struct BrokerConfig {
     pub prefetch: u16,
     /// Test-only: let queues vanish after this many idle milliseconds.
     pub queue_expires_ms: Option<u32>,
+    /// Generator shards: phone numbers are split across this many generators
+    /// (1: one generator owns every number).
+    pub shards: u16,
 }
 
 impl Default for BrokerConfig {
@@ -71,6 +74,7 @@ impl Default for BrokerConfig {
             prefix: String::new(),
             prefetch: 64,
             queue_expires_ms: None,
+            shards: 1,
         }
     }
 }
@@ -118,11 +122,23 @@ pub struct GeneratorConfig {
     pub max_attempts: u8,
     /// `{app}` in templates.
     pub app_name: String,
+    /// This generator's shard, `0..broker.shards`.
+    pub shard: u16,
+    /// With `broker.shards` > 1: every shard's HTTP base URL, by shard, so a
+    /// verify (or status) call that reaches the wrong shard is forwarded.
+    pub shard_urls: Vec<String>,
 }
 
 impl Default for GeneratorConfig {
     fn default() -> Self {
-        Self { default_code_length: 6, default_ttl_secs: 300, max_attempts: 5, app_name: "otp-pipeline".into() }
+        Self {
+            default_code_length: 6,
+            default_ttl_secs: 300,
+            max_attempts: 5,
+            app_name: "otp-pipeline".into(),
+            shard: 0,
+            shard_urls: Vec::new(),
+        }
     }
 }
 
@@ -136,6 +152,9 @@ impl GeneratorConfig {
         }
         if self.max_attempts == 0 {
             return Err(ConfigError::OutOfRange("generator.max_attempts must be at least 1".into()));
+        }
+        if !self.shard_urls.is_empty() && usize::from(self.shard) >= self.shard_urls.len() {
+            return Err(ConfigError::OutOfRange("generator.shard must index generator.shard_urls".into()));
         }
         Ok(Limits { default_code_length, default_ttl_secs: self.default_ttl_secs })
     }
@@ -515,6 +534,23 @@ impl Default for LogConfig {
 }
 
 impl Config {
+    /// `generator.shard` must be one of `broker.shards`; with `generator`,
+    /// a sharded generator must also know every shard's URL.
+    pub fn check_shards(&self, generator: bool) -> Result<(), ConfigError> {
+        let (shards, shard) = (self.broker.shards.max(1), self.generator.shard);
+        if shard >= shards {
+            return Err(ConfigError::OutOfRange(format!(
+                "generator.shard {shard} must be below broker.shards {shards}"
+            )));
+        }
+        let urls = self.generator.shard_urls.len();
+        if generator && shards > 1 && urls != usize::from(shards) {
+            let detail = format!("broker.shards = {shards} needs generator.shard_urls with {shards} URLs (has {urls})");
+            return Err(ConfigError::OutOfRange(detail));
+        }
+        Ok(())
+    }
+
     /// Defaults, then `path` (if given; it must exist), then `OTP_*` variables.
     pub fn load(path: Option<&Path>) -> Result<Self, ConfigError> {
         let mut figment = Figment::from(Serialized::defaults(Config::default()));
@@ -527,6 +563,7 @@ impl Config {
         let config: Config = figment.merge(Env::prefixed("OTP_").split("__")).extract().map_err(Box::new)?;
         config.generator.limits()?;
         config.limits.validate().map_err(ConfigError::OutOfRange)?;
+        config.check_shards(false)?;
         Ok(config)
     }
 }

@@ -159,10 +159,49 @@ impl Generator {
         };
         let (request_id, phone) = (raw.request_id.clone(), raw.phone.clone());
         match self.validate(raw) {
-            Ok(request) => self.issue(request, &message).await,
+            Ok(request) => match self.foreign_owner(&request, &message) {
+                Some(owner) => self.forward(owner, &message).await,
+                None => self.issue(request, &message).await,
+            },
             Err(rejection) => {
                 let id = Some(request_id).filter(|id| crate::domain::request::valid_request_id(id));
                 self.reject(id, &phone, rejection, &message).await
+            }
+        }
+    }
+
+    /// With shards: the owning shard of a request that came in through the
+    /// shared ingress queue (routing key `request`) and is not this shard's.
+    fn foreign_owner(&self, request: &ValidRequest, message: &Inbound) -> Option<u16> {
+        let topology = self.broker.topology();
+        let mine = topology.shard?;
+        if message.routing_key != Topology::REQUEST_KEY {
+            return None; // Sent to this shard's key: ours.
+        }
+        let owner = crate::domain::sharding::shard_of(request.phone.e164(), topology.shards);
+        (owner != mine).then_some(owner)
+    }
+
+    /// Hands a request to its owning shard (`request.<owner>`), confirmed
+    /// before the ack; `reply_to` and `correlation_id` go with it.
+    async fn forward(&self, owner: u16, message: &Inbound) -> Disposition {
+        let mut properties = crate::broker::json_properties();
+        if let Some(reply_to) = &message.reply_to {
+            properties = properties.with_reply_to(reply_to.as_str().into());
+        }
+        if let Some(id) = &message.correlation_id {
+            properties = properties.with_correlation_id(id.as_str().into());
+        }
+        let exchange = self.broker.topology().exchange.clone();
+        let key = crate::domain::sharding::request_key(owner);
+        match self.broker.publish(&exchange, &key, &message.body, properties, true).await {
+            Ok(()) => {
+                metrics::counter!(names::REQUESTS, "outcome" => "forwarded").increment(1);
+                Disposition::Ack
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, owner, "could not forward a request to its shard; will retry");
+                Disposition::Retry { after: RETRY_PAUSE }
             }
         }
     }
@@ -561,12 +600,14 @@ impl Generator {
     }
 
     /// Publishes a validated request to the requests queue (for `POST /v1/otp`).
-    pub async fn submit(&self, raw: &RawRequest) -> Result<(), BrokerError> {
+    pub async fn submit(&self, raw: &RawRequest, phone: &Phone) -> Result<(), BrokerError> {
         let properties: BasicProperties =
             crate::broker::json_properties().with_timestamp(self.clock.now().unix_timestamp() as u64);
         let body = serde_json::to_vec(raw).expect("requests serialize");
-        let exchange = self.broker.topology().exchange.clone();
-        self.broker.publish(&exchange, Topology::REQUEST_KEY, &body, properties, true).await
+        let topology = self.broker.topology();
+        // Straight to the owning shard (no forwarding hop) when sharded.
+        let key = topology.request_key_for(phone.e164());
+        self.broker.publish(&topology.exchange, &key, &body, properties, true).await
     }
 }
 

@@ -49,12 +49,17 @@ impl Broker {
     /// A broker handle for the process `name` (shown in RabbitMQ's UI).
     /// Nothing connects until [`Broker::run`].
     pub fn new(config: &BrokerConfig, name: &str) -> Arc<Self> {
+        Self::for_shard(config, name, None)
+    }
+
+    /// Like [`Broker::new`], for generator shard `shard` of `config.shards`.
+    pub fn for_shard(config: &BrokerConfig, name: &str, shard: Option<u16>) -> Arc<Self> {
         Arc::new(Self {
             url: config.url.clone(),
             // The prefix in the name tells tenants' connections apart in RabbitMQ's UI.
             name: if config.prefix.is_empty() { name.to_owned() } else { format!("{name} ({})", config.prefix) },
             prefetch: config.prefetch.max(1),
-            topology: Topology::new(&config.prefix, config.queue_expires_ms),
+            topology: Topology::new(&config.prefix, config.queue_expires_ms).sharded(shard, config.shards),
             publisher: RwLock::new(None),
             connected: AtomicBool::new(false),
             connected_notify: tokio::sync::Notify::new(),

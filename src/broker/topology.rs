@@ -19,6 +19,14 @@ pub struct Topology {
     pub dlx: String,
     /// Dead-letter queue (`otp.dead`).
     pub dead: String,
+    /// Where producers' `request` messages land (`otp.requests`); the same as
+    /// `requests` unless sharded, when every shard takes from it and forwards
+    /// what another shard owns.
+    pub ingress: String,
+    /// Generator shards (1: not sharded).
+    pub shards: u16,
+    /// This process's shard, for a sharded generator.
+    pub shard: Option<u16>,
     queue_expires_ms: Option<u32>,
 }
 
@@ -48,7 +56,35 @@ impl Topology {
             status: name("otp.status"),
             dlx: name("otp.dlx"),
             dead: name("otp.dead"),
+            ingress: name("otp.requests"),
+            shards: 1,
+            shard: None,
             queue_expires_ms,
+        }
+    }
+
+    /// The names for one of `shards` generator shards (`shard`), or for a
+    /// sender of a sharded deployment (`None`): shard `k` consumes
+    /// `otp.requests.k` (routing key `request.k`) and `otp.status.k`, and
+    /// takes from the shared `otp.requests` to forward what it does not own.
+    pub fn sharded(mut self, shard: Option<u16>, shards: u16) -> Self {
+        self.shards = shards.max(1);
+        if self.shards > 1
+            && let Some(k) = shard
+        {
+            self.requests = format!("{}.{k}", self.ingress);
+            self.status = format!("{}.{k}", self.status);
+            self.shard = Some(k);
+        }
+        self
+    }
+
+    /// The routing key that reaches the owner of `e164`'s requests.
+    pub fn request_key_for(&self, e164: &str) -> String {
+        if self.shards > 1 {
+            crate::domain::sharding::request_key(crate::domain::sharding::shard_of(e164, self.shards))
+        } else {
+            Self::REQUEST_KEY.to_owned()
         }
     }
 
@@ -78,11 +114,18 @@ impl Topology {
                 .await?;
         }
         let queue = QueueDeclareOptions { durable: true, ..Default::default() };
-        let work: [(&String, &String, &[&str]); 3] = [
-            (&self.requests, &self.exchange, &[Self::REQUEST_KEY]),
-            (&self.deliveries, &self.exchange, &[Self::DELIVERY_KEY]),
-            (&self.status, &self.exchange, &Self::STATUS_KEYS),
+        let shard_key = self.shard.map(crate::domain::sharding::request_key);
+        let mut work: Vec<(&String, &String, Vec<&str>)> = vec![
+            (&self.ingress, &self.exchange, vec![Self::REQUEST_KEY]),
+            (&self.deliveries, &self.exchange, vec![Self::DELIVERY_KEY]),
         ];
+        // A sharded sender declares no status queue: each shard has its own.
+        if self.shards <= 1 || self.shard.is_some() {
+            work.push((&self.status, &self.exchange, Self::STATUS_KEYS.to_vec()));
+        }
+        if let Some(key) = &shard_key {
+            work.push((&self.requests, &self.exchange, vec![key.as_str()]));
+        }
         for (name, exchange, keys) in work {
             channel.queue_declare(name.as_str().into(), queue, self.queue_args(true)).await?;
             for key in keys {
@@ -122,6 +165,20 @@ mod tests {
             [t.exchange.as_str(), &t.requests, &t.deliveries, &t.dlx, &t.dead],
             ["otp", "otp.requests", "otp.deliveries", "otp.dlx", "otp.dead"]
         );
+    }
+
+    #[test]
+    fn a_shard_has_its_own_request_and_status_queues() {
+        let t = Topology::new("t1.", None).sharded(Some(2), 3);
+        assert_eq!(
+            (t.requests.as_str(), t.status.as_str(), t.ingress.as_str()),
+            ("t1.otp.requests.2", "t1.otp.status.2", "t1.otp.requests")
+        );
+        let unsharded = Topology::new("t1.", None).sharded(Some(0), 1);
+        assert_eq!(unsharded, Topology::new("t1.", None));
+        assert_eq!(unsharded.request_key_for("+14155550123"), "request");
+        let key = t.request_key_for("+14155550123");
+        assert!(["request.0", "request.1", "request.2"].contains(&key.as_str()), "{key}");
     }
 
     #[test]

@@ -13,6 +13,7 @@ pub mod messages;
 pub mod phone;
 pub mod request;
 pub mod routing;
+pub mod sharding;
 pub mod template;
 pub mod verification;
 

@@ -9,10 +9,12 @@ pub mod openapi;
 mod ops;
 mod otp;
 mod receipts;
+mod shards;
 mod verify;
 
 pub use auth::{ApiKeys, Gate};
 pub use receipts::{ReceiptState, router as receipts_router};
+pub use shards::Shards;
 
 use crate::broker::Broker;
 use crate::generator::Generator;
@@ -33,6 +35,8 @@ pub struct ApiState {
     pub gate: Arc<Gate>,
     /// Keys of the operator routes (`/v1/admin/*`); none configured: those routes are off.
     pub admin: Arc<Gate>,
+    /// The other generator shards, for calls about numbers this one does not own.
+    pub shards: Arc<Shards>,
 }
 
 /// The generator process's router: `/v1/*` behind API keys, plus ops routes.

@@ -9,7 +9,7 @@ use crate::http::bodies::{Accepted, ErrorBody, NotFound, RequestView, StatusOnly
 use crate::http::json::{ApiError, ApiJson, too_many_requests};
 use crate::store::CancelOutcome;
 use axum::extract::{Path, State};
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use time::format_description::well_known::Rfc3339;
 
@@ -35,7 +35,11 @@ use time::format_description::well_known::Rfc3339;
         (status = 503, description = "The broker or store is unavailable; retry.", body = ErrorBody),
     )
 )]
-pub async fn create(State(state): State<ApiState>, ApiJson(raw): ApiJson<RawRequest>) -> Result<Response, ApiError> {
+pub async fn create(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    ApiJson(raw): ApiJson<RawRequest>,
+) -> Result<Response, ApiError> {
     let request_id = raw.request_id.clone();
     let valid = match state.generator.validate(raw.clone()) {
         Ok(valid) => valid,
@@ -44,6 +48,11 @@ pub async fn create(State(state): State<ApiState>, ApiJson(raw): ApiJson<RawRequ
             return Ok((StatusCode::BAD_REQUEST, axum::Json(body)).into_response());
         }
     };
+    // The owner's store holds the number's limits: let it answer.
+    if let Some(owner) = state.shards.owner_elsewhere(valid.phone.e164(), &headers) {
+        let body = serde_json::to_vec(&raw).expect("requests serialize");
+        return Ok(state.shards.forward(owner, Method::POST, "/v1/otp", &headers, Some(body)).await);
+    }
     match state.generator.precheck(&valid) {
         Ok(()) => {}
         Err(GeneratorError::Refused(rejection, retry_at)) => {
@@ -61,7 +70,7 @@ pub async fn create(State(state): State<ApiState>, ApiJson(raw): ApiJson<RawRequ
             return Err(ApiError::unavailable("the store is unavailable; try again"));
         }
     }
-    state.generator.submit(&raw).await.map_err(|e| {
+    state.generator.submit(&raw, &valid.phone).await.map_err(|e| {
         tracing::warn!(error = %e, "could not publish a request");
         ApiError::unavailable("the broker did not take the request; try again")
     })?;
@@ -87,7 +96,11 @@ pub async fn create(State(state): State<ApiState>, ApiJson(raw): ApiJson<RawRequ
         (status = 503, description = "The store is unavailable; retry.", body = ErrorBody),
     )
 )]
-pub async fn cancel(State(state): State<ApiState>, Path(request_id): Path<String>) -> Result<Response, ApiError> {
+pub async fn cancel(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    Path(request_id): Path<String>,
+) -> Result<Response, ApiError> {
     let outcome = state.generator.cancel(&request_id).await.map_err(|e| {
         tracing::error!(error = %e, "cancel failed");
         ApiError::unavailable("cancel is unavailable; try again")
@@ -99,8 +112,33 @@ pub async fn cancel(State(state): State<ApiState>, Path(request_id): Path<String
         CancelOutcome::AlreadyFinal(status) => {
             (StatusCode::CONFLICT, axum::Json(StatusOnly { status })).into_response()
         }
-        CancelOutcome::NotFound => (StatusCode::NOT_FOUND, axum::Json(NotFound::new())).into_response(),
+        CancelOutcome::NotFound => {
+            let path = format!("/v1/otp/{}", encode_segment(&request_id));
+            return Ok(ask_other_shards(&state, Method::DELETE, &path, &headers).await);
+        }
     })
+}
+
+/// Not here: the first other shard that knows the request answers (sharded
+/// deployments only); otherwise 404.
+async fn ask_other_shards(state: &ApiState, method: Method, path: &str, headers: &HeaderMap) -> Response {
+    for base in state.shards.others(headers) {
+        let answer = state.shards.forward(base, method.clone(), path, headers, None).await;
+        if answer.status() != StatusCode::NOT_FOUND {
+            return answer;
+        }
+    }
+    (StatusCode::NOT_FOUND, axum::Json(NotFound::new())).into_response()
+}
+
+/// A request id as one URL path segment.
+fn encode_segment(id: &str) -> String {
+    id.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
 }
 
 fn rfc3339(t: time::OffsetDateTime) -> String {
@@ -124,13 +162,18 @@ fn rfc3339(t: time::OffsetDateTime) -> String {
         (status = 503, description = "The store is unavailable; retry.", body = ErrorBody),
     )
 )]
-pub async fn status(State(state): State<ApiState>, Path(request_id): Path<String>) -> Result<Response, ApiError> {
+pub async fn status(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    Path(request_id): Path<String>,
+) -> Result<Response, ApiError> {
     let record = state.generator.request(&request_id).map_err(|e| {
         tracing::error!(error = %e, "status lookup failed");
         ApiError::unavailable("status is unavailable; try again")
     })?;
     let Some(r) = record else {
-        return Ok((StatusCode::NOT_FOUND, axum::Json(NotFound::new())).into_response());
+        let path = format!("/v1/otp/{}", encode_segment(&request_id));
+        return Ok(ask_other_shards(&state, Method::GET, &path, &headers).await);
     };
     let body = RequestView {
         request_id: r.request_id,

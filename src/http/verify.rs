@@ -6,7 +6,7 @@ use crate::http::bodies::{ErrorBody, VerifyResult, VerifyStatus, VerifyTooMany};
 use crate::http::json::{ApiError, ApiJson, too_many_requests};
 use crate::telemetry::names;
 use axum::extract::State;
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use std::time::Instant;
@@ -46,9 +46,18 @@ pub struct VerifyBody {
         (status = 503, description = "The store is unavailable; retry.", body = ErrorBody),
     )
 )]
-pub async fn verify(State(state): State<ApiState>, ApiJson(body): ApiJson<VerifyBody>) -> Result<Response, ApiError> {
+pub async fn verify(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    ApiJson(body): ApiJson<VerifyBody>,
+) -> Result<Response, ApiError> {
     let started = Instant::now();
     let phone = Phone::parse(&body.phone).map_err(|e| ApiError::bad_request(e.to_string()))?;
+    if let Some(owner) = state.shards.owner_elsewhere(phone.e164(), &headers) {
+        let forwarded = serde_json::to_vec(&serde_json::json!({"phone": phone.e164(), "code": body.code}))
+            .expect("JSON serializes");
+        return Ok(state.shards.forward(owner, Method::POST, "/v1/verify", &headers, Some(forwarded)).await);
+    }
     let code = Code::parse(&body.code).ok_or_else(|| ApiError::bad_request("code must be 4 to 10 digits"))?;
     let outcome = state.generator.verify(&phone, &code).await.map_err(|e| {
         tracing::error!(error = %e, "verification failed");
