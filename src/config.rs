@@ -65,6 +65,8 @@ pub struct BrokerConfig {
     /// Generator shards: phone numbers are split across this many generators
     /// (1: one generator owns every number).
     pub shards: u16,
+    /// `classic` or `quorum` (replicated queues for a RabbitMQ cluster).
+    pub queue_type: String,
 }
 
 impl Default for BrokerConfig {
@@ -75,6 +77,7 @@ impl Default for BrokerConfig {
             prefetch: 64,
             queue_expires_ms: None,
             shards: 1,
+            queue_type: "classic".into(),
         }
     }
 }
@@ -537,6 +540,9 @@ impl Config {
     /// `generator.shard` must be one of `broker.shards`; with `generator`,
     /// a sharded generator must also know every shard's URL.
     pub fn check_shards(&self, generator: bool) -> Result<(), ConfigError> {
+        if !["classic", "quorum"].contains(&self.broker.queue_type.as_str()) {
+            return Err(ConfigError::OutOfRange("broker.queue_type must be \"classic\" or \"quorum\"".into()));
+        }
         let (shards, shard) = (self.broker.shards.max(1), self.generator.shard);
         if shard >= shards {
             return Err(ConfigError::OutOfRange(format!(

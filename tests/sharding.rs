@@ -110,3 +110,21 @@ async fn two_generator_shards_split_the_numbers_and_answer_for_each_other() {
     let _ = connection.close(200, "bye".into()).await;
     env.teardown().await;
 }
+
+/// For a RabbitMQ cluster: the same pipeline on quorum queues.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_pipeline_runs_on_quorum_queues() {
+    let env = TestEnv::start_with(|c, _| c.broker.queue_type = "quorum".into()).await;
+    let reply = env.publish(&env.request("quorum-1")).await;
+    assert_eq!(reply.status, ReplyStatus::Accepted);
+    let code = env.code_for("quorum-1").await;
+    assert_eq!(env.verify(common::PHONE, &code).await.0, 200);
+    let listed = std::process::Command::new("rabbitmqctl")
+        .args(["list_queues", "name", "type", "--quiet", "--no-table-headers"])
+        .output()
+        .expect("rabbitmqctl runs");
+    let text = String::from_utf8_lossy(&listed.stdout);
+    let ours: Vec<&str> = text.lines().filter(|l| l.starts_with(&env.prefix)).collect();
+    assert!(ours.len() >= 4 && ours.iter().all(|l| l.ends_with("quorum")), "{ours:?}");
+    env.teardown().await;
+}

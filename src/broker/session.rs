@@ -59,7 +59,9 @@ impl Broker {
             // The prefix in the name tells tenants' connections apart in RabbitMQ's UI.
             name: if config.prefix.is_empty() { name.to_owned() } else { format!("{name} ({})", config.prefix) },
             prefetch: config.prefetch.max(1),
-            topology: Topology::new(&config.prefix, config.queue_expires_ms).sharded(shard, config.shards),
+            topology: Topology::new(&config.prefix, config.queue_expires_ms)
+                .quorum(config.queue_type == "quorum")
+                .sharded(shard, config.shards),
             publisher: RwLock::new(None),
             connected: AtomicBool::new(false),
             connected_notify: tokio::sync::Notify::new(),

@@ -27,6 +27,8 @@ pub struct Topology {
     pub shards: u16,
     /// This process's shard, for a sharded generator.
     pub shard: Option<u16>,
+    /// Quorum queues (replicated, for a RabbitMQ cluster) instead of classic ones.
+    pub quorum: bool,
     queue_expires_ms: Option<u32>,
 }
 
@@ -59,8 +61,15 @@ impl Topology {
             ingress: name("otp.requests"),
             shards: 1,
             shard: None,
+            quorum: false,
             queue_expires_ms,
         }
+    }
+
+    /// Declares quorum queues (for a RabbitMQ cluster) if `quorum`.
+    pub fn quorum(mut self, quorum: bool) -> Self {
+        self.quorum = quorum;
+        self
     }
 
     /// The names for one of `shards` generator shards (`shard`), or for a
@@ -95,6 +104,11 @@ impl Topology {
         }
         if let Some(ms) = self.queue_expires_ms {
             args.insert(ShortString::from("x-expires"), AMQPValue::LongUInt(ms));
+        }
+        if self.quorum {
+            args.insert(ShortString::from("x-queue-type"), AMQPValue::LongString("quorum".into()));
+            // A message that keeps failing is dead-lettered, never redelivered forever.
+            args.insert(ShortString::from("x-delivery-limit"), AMQPValue::LongUInt(20));
         }
         args
     }
