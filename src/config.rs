@@ -566,7 +566,10 @@ impl Config {
             }
             figment = figment.merge(Toml::file(path));
         }
-        let config: Config = figment.merge(Env::prefixed("OTP_").split("__")).extract().map_err(Box::new)?;
+        // Every key lives in a section (`OTP_SECTION__KEY`): other `OTP_*`
+        // variables (`OTP_CONFIG`, test settings) are not configuration.
+        let env = Env::prefixed("OTP_").filter(|key| key.as_str().contains("__")).split("__");
+        let config: Config = figment.merge(env).extract().map_err(Box::new)?;
         config.generator.limits()?;
         config.limits.validate().map_err(ConfigError::OutOfRange)?;
         config.check_shards(false)?;
@@ -640,6 +643,9 @@ mod tests {
         figment::Jail::expect_with(|jail| {
             jail.create_file("c.toml", "[broker]\nprefix = \"from-file.\"\n[http]\nlisten = \"127.0.0.1:1\"\n")?;
             jail.set_env("OTP_BROKER__PREFIX", "from-env.");
+            // Variables outside a section are not configuration (`--config`'s own, tests').
+            jail.set_env("OTP_CONFIG", "c.toml");
+            jail.set_env("OTP_TEST_AMQP_URL", "amqp://elsewhere");
             let c = Config::load(Some(Path::new("c.toml"))).map_err(|e| e.to_string())?;
             assert_eq!(c.broker.prefix, "from-env.");
             assert_eq!(c.http.listen.port(), 1);
@@ -653,6 +659,9 @@ mod tests {
         figment::Jail::expect_with(|jail| {
             jail.create_file("typo.toml", "[broker]\nprefetchh = 3\n")?;
             assert!(Config::load(Some(Path::new("typo.toml"))).is_err());
+            jail.set_env("OTP_BROKER__PREFETCHH", "3");
+            assert!(Config::load(None).is_err(), "a misspelt variable is an error too");
+            jail.clear_env();
             jail.create_file("range.toml", "[generator]\ndefault_code_length = 12\n")?;
             let err = Config::load(Some(Path::new("range.toml"))).unwrap_err();
             assert!(err.to_string().contains("default_code_length"), "{err}");

@@ -408,8 +408,12 @@ impl Generator {
             event.error.as_deref(),
             event.at,
         );
-        match self.track(applied) {
-            Ok(_) => Disposition::Ack,
+        if let Err(e) = self.track(applied) {
+            return self.store_failed(&e);
+        }
+        // Acked means kept: the new status is on disk before the ack.
+        match self.track(self.store.flush().await) {
+            Ok(()) => Disposition::Ack,
             Err(e) => self.store_failed(&e),
         }
     }
@@ -446,6 +450,9 @@ impl Generator {
             receipt.at,
         );
         if let Err(e) = self.track(applied) {
+            return self.store_failed(&e);
+        }
+        if let Err(e) = self.track(self.store.flush().await) {
             return self.store_failed(&e);
         }
         let phone = match self.track(self.store.request(&request_id)) {

@@ -45,6 +45,17 @@ pub fn json_properties() -> BasicProperties {
     BasicProperties::default().with_content_type("application/json".into()).with_delivery_mode(2)
 }
 
+/// How long a publish waits for a channel that lapin is still recovering.
+const RECOVERY_GRACE: Duration = Duration::from_secs(5);
+
+/// Waits (up to `limit`) while `channel` is reopening after a recovery.
+async fn wait_until_open(channel: &Channel, limit: Duration) {
+    let deadline = tokio::time::Instant::now() + limit;
+    while channel.status().initializing() && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 impl Broker {
     /// A broker handle for the process `name` (shown in RabbitMQ's UI).
     /// Nothing connects until [`Broker::run`].
@@ -115,6 +126,8 @@ impl Broker {
         mandatory: bool,
     ) -> Result<(), BrokerError> {
         let channel = self.publisher.read().expect("publisher lock").clone().ok_or(BrokerError::NotConnected)?;
+        // Just after lapin recovered the connection, the channel may still be reopening.
+        wait_until_open(&channel, RECOVERY_GRACE).await;
         let options = BasicPublishOptions { mandatory, ..Default::default() };
         let confirm =
             channel.basic_publish(exchange.into(), routing_key.into(), options, body, properties).await?.await?;
@@ -221,6 +234,11 @@ impl Broker {
             match event {
                 lapin::Event::Connected => {
                     metrics::counter!(names::BROKER_RECONNECTS).increment(1);
+                    // Ready again once publishing works, not merely the connection.
+                    let publisher = self.publisher.read().expect("publisher lock").clone();
+                    if let Some(channel) = publisher {
+                        wait_until_open(&channel, RECOVERY_GRACE).await;
+                    }
                     tracing::info!("RabbitMQ connection recovered");
                     self.set_connected(true);
                 }
