@@ -16,6 +16,7 @@ pub mod fake_carrier;
 pub mod generator;
 pub mod http;
 pub mod probe;
+pub mod relay;
 pub mod secrets;
 pub mod sender;
 pub mod store;

@@ -1,19 +1,25 @@
 //! `otp-pipeline bench`: prints a results table (Markdown).
 
-use otp_pipeline::bench::{self, BenchOptions};
+use otp_pipeline::bench::{self, BenchOptions, Load, RssOptions, Target};
 use otp_pipeline::config::Config;
+use otp_pipeline::relay::RelayOptions;
+use std::time::Duration;
 
 /// Options of `bench`.
 #[derive(clap::Args)]
+#[command(after_long_help = AFTER_HELP)]
 pub struct Args {
-    /// OTP requests to publish.
+    /// OTP requests to publish (ignored with --duration).
     #[arg(long, default_value_t = 5_000)]
     requests: usize,
+    /// Publish for this many seconds instead of a count (at --rate, or as fast as confirms allow).
+    #[arg(long, value_name = "SECS")]
+    duration: Option<f64>,
     /// Offered load, requests per second (default: as fast as confirms allow).
     #[arg(long)]
     rate: Option<u32>,
-    /// Share of requests the primary (Twilio-API) fake carrier fails, 0-1.
-    #[arg(long, default_value_t = 0.0)]
+    /// Share of requests the primary (Twilio-API) fake carrier fails, 0-1 (in-process mode).
+    #[arg(long, default_value_t = 0.0, conflicts_with = "target")]
     primary_error_rate: f64,
     /// Publishes awaiting their confirm at once.
     #[arg(long, default_value_t = 256)]
@@ -21,18 +27,122 @@ pub struct Args {
     /// Concurrent HTTP clients verifying codes.
     #[arg(long, default_value_t = 64)]
     verify_concurrency: usize,
+    /// Skip the verify phase.
+    #[arg(long)]
+    no_verify: bool,
+    /// Messages through the raw two-hop relay baseline, measured first in the same run.
+    #[arg(long, default_value_t = 20_000)]
+    relay_messages: usize,
+    /// Relay message size, bytes (default: the serialized size of one of this bench's requests).
+    #[arg(long)]
+    relay_bytes: Option<usize>,
+    /// Offered load of the relay, messages per second (default: as fast as confirms allow).
+    #[arg(long)]
+    relay_rate: Option<u32>,
+    /// Skip the relay baseline.
+    #[arg(long)]
+    no_relay: bool,
+    /// Running-pipeline mode: base URL of a running generator's HTTP API (e.g. http://127.0.0.1:8080).
+    /// Requests go over AMQP to config's broker.url; see below for the limits to relax.
+    #[arg(long, requires = "api_key")]
+    target: Option<String>,
+    /// API key of the running pipeline (with --target).
+    #[arg(long, env = "OTP_BENCH_API_KEY", hide_env_values = true)]
+    api_key: Option<String>,
+    /// Fake carrier the running pipeline sends to (codes for the verify phase), e.g. http://127.0.0.1:9099.
+    #[arg(long, requires = "target")]
+    fake_carrier: Option<String>,
+    /// broker.prefix of the running pipeline (default: the configuration's).
+    #[arg(long, requires = "target")]
+    prefix: Option<String>,
+    /// Sample VmRSS every SECS during the load phase (in-process: this process; with --target: --rss-pid).
+    #[arg(long, value_name = "SECS")]
+    rss_every: Option<f64>,
+    /// Processes whose VmRSS to sample with --target (e.g. the generator's and senders' pids).
+    #[arg(long, value_name = "PID", num_args = 1.., requires = "target")]
+    rss_pid: Vec<u32>,
+    /// RSS drift is measured from the first sample after this many seconds.
+    #[arg(long, value_name = "SECS", default_value_t = 30.0)]
+    rss_warmup: f64,
+    /// Stop waiting for outcomes after this many seconds without one.
+    #[arg(long, value_name = "SECS", default_value_t = 30)]
+    idle_timeout: u64,
+    /// Also print a time series: delivery per window of SECS (by publish time) and every RSS sample.
+    #[arg(long, value_name = "SECS")]
+    series: Option<f64>,
 }
+
+const AFTER_HELP: &str = "\
+Modes:
+  in-process (default)  an all-in-one pipeline in this process: private queue prefix, temporary sled,
+                        two in-process fake carriers (Twilio API, Vonage API as failover). The limits a
+                        load run would trip are switched off for it: resend cooldown and codes per
+                        window (limits.send), the SMS-pumping guard (limits.pumping.prefix_digits = 0)
+                        and the per-key HTTP rate.
+  --target URL          an already running generator and sender(s) on config's broker (e.g. scripts/run
+                        --config config/fake-carriers.toml with `otp-pipeline fake-carrier`, or the
+                        compose stack). Its own limits apply: start it with
+                          OTP_LIMITS__SEND__RESEND_COOLDOWN_SECS=0 OTP_LIMITS__SEND__MAX_PER_WINDOW=0
+                          OTP_LIMITS__PUMPING__PREFIX_DIGITS=0 OTP_HTTP__RATE_PER_KEY_PER_SEC=0
+                        or requests get rejected (rate_limited, suspected_pumping: counted in the
+                        report) and verifies answered 429. Route it to the fake carrier, not the
+                        console carrier, and give --fake-carrier for the verify phase.
+
+Each run measures publish → carrier accepted from the event.sent events (its `at`: the sender's clock;
+same machine), then verifies every code. Numbers are consecutive from a random start among 128 million
+valid US numbers, so runs rarely reuse one. With the relay baseline (default on) the pipeline's OTP/s is
+also printed as a multiple of the raw broker's rate measured in the same run (target ≥ 0.6).
+
+Examples:
+  otp-pipeline bench --requests 20000                          # burst, with the relay baseline
+  otp-pipeline bench --rate 1000 --duration 30 --no-relay      # steady load
+  otp-pipeline bench --rate 1000 --duration 120 --rss-every 5 --no-verify --no-relay
+  otp-pipeline bench --target http://127.0.0.1:8080 --api-key $KEY --fake-carrier http://127.0.0.1:9099";
 
 /// Runs the benchmark and prints its table.
 pub async fn run(config: Config, args: Args) -> anyhow::Result<()> {
+    let load = match args.duration {
+        Some(secs) if secs > 0.0 => Load::Duration(Duration::from_secs_f64(secs)),
+        Some(_) => anyhow::bail!("--duration must be positive"),
+        None => Load::Count(args.requests),
+    };
+    let target = match args.target {
+        Some(api) => Some(Target {
+            api,
+            api_key: args.api_key.ok_or_else(|| anyhow::anyhow!("--target needs --api-key"))?,
+            fake_carrier: args.fake_carrier,
+            prefix: args.prefix.unwrap_or_else(|| config.broker.prefix.clone()),
+        }),
+        None => None,
+    };
+    let relay = (!args.no_relay && args.relay_messages > 0).then(|| RelayOptions {
+        messages: args.relay_messages,
+        message_bytes: args.relay_bytes.unwrap_or_else(bench::typical_request_bytes),
+        prefetch: config.broker.prefetch,
+        publish_window: args.publish_window.max(1),
+        rate: args.relay_rate,
+    });
+    let rss = args.rss_every.filter(|s| *s > 0.0).map(|secs| RssOptions {
+        every: Duration::from_secs_f64(secs),
+        pids: args.rss_pid,
+        warmup: Duration::from_secs_f64(args.rss_warmup.max(0.0)),
+    });
     let options = BenchOptions {
-        requests: args.requests,
+        load,
         rate: args.rate,
         primary_error_rate: args.primary_error_rate.clamp(0.0, 1.0),
         publish_window: args.publish_window.max(1),
-        verify_concurrency: args.verify_concurrency.max(1),
+        verify_concurrency: if args.no_verify { 0 } else { args.verify_concurrency.max(1) },
+        relay,
+        target,
+        rss,
+        idle_timeout: Duration::from_secs(args.idle_timeout.max(1)),
+        series: args.series.filter(|s| *s > 0.0).map(Duration::from_secs_f64),
     };
     let report = bench::run(&config, options).await?;
     println!("{report}");
+    if args.series.is_some() {
+        print!("{}", report.series());
+    }
     Ok(())
 }

@@ -36,7 +36,7 @@ enum Command {
     Sender,
     /// Publishes one OTP request to RabbitMQ and prints the generator's reply.
     Publish(publish::Args),
-    /// Load run of an in-process all-in-one pipeline (private prefix, temp dir).
+    /// Load run: an in-process all-in-one pipeline (or a running one, --target), with the raw broker baseline.
     Bench(bench::Args),
     /// A fake SMS carrier (Twilio, MSG91, Vonage and webhook APIs) on loopback.
     FakeCarrier(fake_carrier::Args),
