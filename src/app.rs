@@ -103,7 +103,8 @@ impl GeneratorApp {
         let addr = config.http.listen;
         let listener = TcpListener::bind(addr).await.map_err(|source| AppError::Http { addr, source })?;
         let listener = listener.into_std().map_err(|source| AppError::Http { addr, source })?;
-        let store = open_store(&data_dir, &listener, &metrics).await?;
+        let cache = config.store.cache_mb.saturating_mul(1024 * 1024);
+        let store = open_store(&data_dir, cache, &listener, &metrics).await?;
         let listener = TcpListener::from_std(listener).map_err(|source| AppError::Http { addr, source })?;
         let policy = Policy {
             limits: config.generator.limits()?,
@@ -214,10 +215,11 @@ impl GeneratorApp {
 /// retrying with backoff until it opens.
 async fn open_store(
     data_dir: &std::path::Path,
+    cache_bytes: u64,
     listener: &std::net::TcpListener,
     metrics: &metrics_exporter_prometheus::PrometheusHandle,
 ) -> Result<Store, AppError> {
-    let error = match Store::open(data_dir) {
+    let error = match Store::open_with_cache(data_dir, cache_bytes) {
         Ok(store) => return Ok(store),
         Err(error) => error,
     };
@@ -235,7 +237,7 @@ async fn open_store(
     );
     let store = loop {
         tokio::time::sleep(delays.next().unwrap_or(std::time::Duration::from_secs(15))).await;
-        match Store::open(data_dir) {
+        match Store::open_with_cache(data_dir, cache_bytes) {
             Ok(store) => break store,
             Err(e) => tracing::warn!(error = %e, "the store still cannot be opened"),
         }

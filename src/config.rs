@@ -99,6 +99,8 @@ pub struct StoreConfig {
     /// How long a finished request's record is kept (for `GET /v1/otp/{id}`
     /// and idempotency on its request id), seconds.
     pub retention_secs: u64,
+    /// sled's page cache, MiB: bounds the generator's memory.
+    pub cache_mb: u64,
 }
 
 impl Default for StoreConfig {
@@ -109,6 +111,7 @@ impl Default for StoreConfig {
             previous_hmac_keys: Vec::new(),
             sweep_interval_secs: 60,
             retention_secs: 86_400,
+            cache_mb: 64,
         }
     }
 }

@@ -23,6 +23,9 @@ pub enum StoreError {
     /// A stored value did not decode.
     #[error("corrupt record under {0}")]
     Corrupt(String),
+    /// A flush (fsync) failed, or the flusher is gone.
+    #[error("flush: {0}")]
+    Flush(String),
 }
 
 /// Everything known about one request, for `GET /v1/otp/{request_id}`.
@@ -117,12 +120,50 @@ pub enum CancelOutcome {
 /// by carrier message id (to resolve delivery receipts).
 #[derive(Clone)]
 pub struct Store {
-    db: sled::Db,
     codes: Tree,
     requests: Tree,
     by_message: Tree,
     limits: Tree,
+    flusher: GroupCommit,
 }
+
+/// One waiter of a group commit: told when a flush that began after its
+/// writes has finished.
+type FlushWaiter = tokio::sync::oneshot::Sender<Result<(), String>>;
+
+/// Group commit: a thread that flushes sled once for every caller that
+/// asked while the previous flush ran, so concurrent writers share fsyncs.
+#[derive(Debug, Clone)]
+struct GroupCommit {
+    waiters: std::sync::mpsc::Sender<FlushWaiter>,
+}
+
+impl GroupCommit {
+    fn start(db: sled::Db) -> std::io::Result<Self> {
+        let (waiters, queue) = std::sync::mpsc::channel::<FlushWaiter>();
+        std::thread::Builder::new().name("sled-group-commit".into()).spawn(move || {
+            // Ends when the last clone of the store is dropped.
+            while let Ok(first) = queue.recv() {
+                let mut batch = vec![first];
+                batch.extend(queue.try_iter());
+                let result = db.flush().map(|_| ()).map_err(|e| e.to_string());
+                for waiter in batch {
+                    let _ = waiter.send(result.clone());
+                }
+            }
+        })?;
+        Ok(Self { waiters })
+    }
+
+    async fn flush(&self) -> Result<(), StoreError> {
+        let (done, wait) = tokio::sync::oneshot::channel();
+        self.waiters.send(done).map_err(|_| StoreError::Flush("the flusher stopped".into()))?;
+        wait.await.map_err(|_| StoreError::Flush("the flusher stopped".into()))?.map_err(StoreError::Flush)
+    }
+}
+
+/// sled page cache when none is configured: 64 MiB.
+pub const DEFAULT_CACHE_BYTES: u64 = 64 * 1024 * 1024;
 
 /// Keys of the `limits` tree: one record per rule and subject.
 mod limit_key {
@@ -188,20 +229,25 @@ fn dummy_record() -> CodeRecord {
 impl Store {
     /// Opens (or creates) the database under `dir`.
     pub fn open(dir: &Path) -> Result<Self, StoreError> {
-        let db = sled::Config::new().path(dir.join("sled")).open()?;
+        Self::open_with_cache(dir, DEFAULT_CACHE_BYTES)
+    }
+
+    /// Opens the store with a page cache of at most `cache_bytes` (sled's own
+    /// default, 1 GiB, lets a busy generator's memory grow for a long time).
+    pub fn open_with_cache(dir: &Path, cache_bytes: u64) -> Result<Self, StoreError> {
+        let db = sled::Config::new().path(dir.join("sled")).cache_capacity(cache_bytes).open()?;
         let codes = db.open_tree("codes")?;
         let requests = db.open_tree("requests")?;
         let by_message = db.open_tree("by_carrier_message")?;
         let limits = db.open_tree("limits")?;
-        Ok(Self { db, codes, requests, by_message, limits })
+        let flusher = GroupCommit::start(db).map_err(|e| StoreError::Flush(e.to_string()))?;
+        Ok(Self { codes, requests, by_message, limits, flusher })
     }
 
-    /// Makes every change so far durable. Concurrent callers share one fsync
-    /// (sled coalesces flushes), which is the group commit.
+    /// Makes every change so far durable. Callers that ask while a flush runs
+    /// share the next one (group commit): one fsync for a whole batch.
     pub async fn flush(&self) -> Result<(), StoreError> {
-        let db = self.db.clone();
-        tokio::task::spawn_blocking(move || db.flush()).await.expect("flush does not panic")?;
-        Ok(())
+        self.flusher.flush().await
     }
 
     /// Stores `record` as the live code for `request.phone`, idempotently on

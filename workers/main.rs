@@ -12,6 +12,11 @@ use clap::{Parser, Subcommand};
 use otp_pipeline::config::Config;
 use std::path::PathBuf;
 
+/// mimalloc: the pipeline allocates many short-lived buffers per message;
+/// glibc malloc was ~11 % of CPU in the load profile.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(version, about = "Self-hosted, queue-native OTP service")]
 struct Cli {
