@@ -136,6 +136,8 @@ pub struct BenchOptions {
     pub idle_timeout: Duration,
     /// Report delivery per window of this length (by publish time), and every RSS sample.
     pub series: Option<Duration>,
+    /// Code lifetime asked for by each request, seconds (30-3600).
+    pub ttl_secs: u32,
 }
 
 /// Milliseconds at p50 / p90 / p99 / p99.9 / max.
@@ -239,14 +241,14 @@ impl RunId {
 }
 
 /// A request as a producer would send one, every field spelled out.
-fn request(request_id: String, phone: String) -> RawRequest {
+fn request(request_id: String, phone: String, ttl_secs: u32) -> RawRequest {
     RawRequest {
         request_id,
         phone,
         template: Some("login".into()),
         locale: Some("en".into()),
         code_length: Some(6),
-        ttl_secs: Some(300),
+        ttl_secs: Some(ttl_secs),
         channel: Some("sms".into()),
     }
 }
@@ -254,7 +256,7 @@ fn request(request_id: String, phone: String) -> RawRequest {
 /// The serialized size of a typical request of this bench (the relay's default message size).
 pub fn typical_request_bytes() -> usize {
     let run = RunId::new();
-    let body = request(run.request_id(123_456, wall_us()), Numbers::random().phone(0));
+    let body = request(run.request_id(123_456, wall_us()), Numbers::random().phone(0), 300);
     serde_json::to_vec(&body).expect("requests serialize").len()
 }
 
@@ -430,7 +432,7 @@ async fn publish_load(
             tokio::time::sleep_until(due.into()).await;
             max_lag = max_lag.max(Instant::now().saturating_duration_since(due));
         }
-        let body = request(run.request_id(i, wall_us()), numbers.phone(i));
+        let body = request(run.request_id(i, wall_us()), numbers.phone(i), options.ttl_secs);
         let body = serde_json::to_vec(&body).expect("requests serialize");
         let confirm = channel
             .basic_publish(

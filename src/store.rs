@@ -218,7 +218,7 @@ fn unwrap_tx<T>(result: Result<T, TransactionError<StoreError>>) -> Result<T, St
 fn dummy_record() -> CodeRecord {
     CodeRecord {
         request_id: String::new(),
-        digest: crate::domain::CodeDigest::try_from("00".repeat(32)).expect("valid hex"),
+        digest: crate::domain::CodeDigest::ZERO,
         key_id: String::new(),
         expires_at: OffsetDateTime::UNIX_EPOCH,
         attempts_left: 0,

@@ -7,8 +7,8 @@
 
 mod common;
 
-use common::{API_KEY, TestEnv, code_in, eventually};
-use otp_pipeline::config::{RouteEntry, TwilioConfig, VonageConfig};
+use common::{API_KEY, TestEnv, code_in, eventually, route, twilio, vonage};
+use otp_pipeline::config::TwilioConfig;
 use otp_pipeline::domain::RawRequest;
 use otp_pipeline::fake_carrier::{FakeCarrier, FakeCarrierConfig, Outage};
 use otp_pipeline::telemetry::{ALL, Kind};
@@ -65,10 +65,6 @@ async fn delivered_code(carrier: &FakeCarrier, request_id: &str) -> String {
     code_in(sms.text.as_deref().unwrap())
 }
 
-fn route(entries: &[(&str, u32)]) -> Vec<RouteEntry> {
-    entries.iter().map(|(c, w)| RouteEntry::Weighted { carrier: (*c).into(), weight: *w }).collect()
-}
-
 fn request(id: &str, phone: &str) -> RawRequest {
     RawRequest { request_id: id.into(), phone: phone.into(), ..Default::default() }
 }
@@ -88,27 +84,8 @@ async fn every_metric_is_exported_documented_and_moving_and_promtool_accepts_it(
     .unwrap();
     let base = carrier.base_url();
     let env = TestEnv::start_with(|c, sender| {
-        c.carriers.twilio = Some(TwilioConfig {
-            base_url: base.clone(),
-            account_sid: "ACtest".into(),
-            auth_token: "twilio-token".into(),
-            api_key_sid: None,
-            api_key_secret: None,
-            from: Some("+15005550006".into()),
-            messaging_service_sid: None,
-            status_callback: None,
-            timeout_ms: 5_000,
-        });
-        c.carriers.vonage = Some(VonageConfig {
-            base_url: base.clone(),
-            api_key: "vonage-key".into(),
-            api_secret: Some("vonage-secret".into()),
-            signature_secret: None,
-            from: "OTP".into(),
-            callback: Some(format!("{sender}/receipts/vonage?token=vonage-token")),
-            receipt_token: Some("vonage-token".into()),
-            timeout_ms: 5_000,
-        });
+        c.carriers.twilio = Some(TwilioConfig { status_callback: None, ..twilio(&base, sender) });
+        c.carriers.vonage = Some(vonage(&base, sender));
         c.routing.default = route(&[("twilio", 1), ("vonage", 0)]);
         c.sender.breaker.failure_threshold = 2;
         c.sender.breaker.open_ms = 3_600_000;

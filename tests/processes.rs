@@ -71,6 +71,18 @@ fn base_env(prefix: &str, data_dir: &std::path::Path) -> Vec<(&'static str, Stri
     ]
 }
 
+/// `base_env` plus an API key, a free sender port and the webhook carrier at `carrier`.
+fn pipeline_env(prefix: &str, data_dir: &std::path::Path, carrier: &str) -> Vec<(&'static str, String)> {
+    let mut env = base_env(prefix, data_dir);
+    env.extend([
+        ("OTP_HTTP__API_KEYS", format!("[{API_KEY}]")),
+        ("OTP_SENDER__LISTEN", "127.0.0.1:0".into()),
+        ("OTP_ROUTING__DEFAULT", "[webhook]".into()),
+        ("OTP_CARRIERS__WEBHOOK__URL", format!("{carrier}/sms")),
+    ]);
+    env
+}
+
 fn files_under(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     std::fs::read_dir(dir)
         .unwrap()
@@ -88,13 +100,7 @@ async fn separate_generator_and_sender_processes() {
     Mock::given(method("POST")).respond_with(ResponseTemplate::new(200)).mount(&carrier).await;
     let dir = tempfile::tempdir().unwrap();
     let prefix = format!("p-{}.", &uuid::Uuid::new_v4().simple().to_string()[..12]);
-    let mut env = base_env(&prefix, dir.path());
-    env.extend([
-        ("OTP_HTTP__API_KEYS", format!("[{API_KEY}]")),
-        ("OTP_SENDER__LISTEN", "127.0.0.1:0".into()),
-        ("OTP_ROUTING__DEFAULT", "[webhook]".into()),
-        ("OTP_CARRIERS__WEBHOOK__URL", format!("{}/sms", carrier.uri())),
-    ]);
+    let env = pipeline_env(&prefix, dir.path(), &carrier.uri());
     let generator = Process::spawn("generator", &env);
     let line = generator.wait_for_line("HTTP API on http://").await;
     let base = line[line.find("http://").unwrap()..].trim().to_owned();
@@ -185,13 +191,7 @@ async fn a_store_that_cannot_open_consumes_nothing_and_reports_not_ready_until_i
     let blocker = dir.path().join("sled");
     std::fs::write(&blocker, b"not a directory").unwrap();
     let prefix = format!("p-{}.", &uuid::Uuid::new_v4().simple().to_string()[..12]);
-    let mut env = base_env(&prefix, dir.path());
-    env.extend([
-        ("OTP_HTTP__API_KEYS", format!("[{API_KEY}]")),
-        ("OTP_SENDER__LISTEN", "127.0.0.1:0".into()),
-        ("OTP_ROUTING__DEFAULT", "[webhook]".into()),
-        ("OTP_CARRIERS__WEBHOOK__URL", format!("{}/sms", carrier.uri())),
-    ]);
+    let env = pipeline_env(&prefix, dir.path(), &carrier.uri());
     let sender = Process::spawn("sender", &env);
     sender.wait_for_line("connected to RabbitMQ").await;
     let generator = Process::spawn("generator", &env);

@@ -4,8 +4,8 @@
 
 mod common;
 
-use common::{API_KEY, PHONE, TestEnv, code_in, eventually};
-use otp_pipeline::config::{CarrierLimits, Config, Msg91Config, RouteEntry, TwilioConfig, VonageConfig};
+use common::{API_KEY, PHONE, TestEnv, code_in, eventually, route, twilio, vonage};
+use otp_pipeline::config::{CarrierLimits, Config, Msg91Config};
 use otp_pipeline::domain::RawRequest;
 use otp_pipeline::fake_carrier::{FakeCarrier, FakeCarrierConfig, Outage};
 use serde_json::json;
@@ -13,34 +13,7 @@ use std::time::{Duration, Instant};
 use wiremock::matchers::method;
 use wiremock::{Mock, MockServer, ResponseTemplate};
 
-const TWILIO_TOKEN: &str = "twilio-auth-token-for-tests";
-
-fn twilio(base_url: &str, sender_url: &str) -> TwilioConfig {
-    TwilioConfig {
-        base_url: base_url.into(),
-        account_sid: "ACtest".into(),
-        auth_token: TWILIO_TOKEN.into(),
-        api_key_sid: None,
-        api_key_secret: None,
-        from: Some("+15005550006".into()),
-        messaging_service_sid: None,
-        status_callback: Some(format!("{sender_url}/receipts/twilio")),
-        timeout_ms: 5_000,
-    }
-}
-
-fn vonage(base_url: &str, sender_url: &str) -> VonageConfig {
-    VonageConfig {
-        base_url: base_url.into(),
-        api_key: "vonage-key".into(),
-        api_secret: Some("vonage-secret".into()),
-        signature_secret: None,
-        from: "OTP".into(),
-        callback: Some(format!("{sender_url}/receipts/vonage?token=vonage-token")),
-        receipt_token: Some("vonage-token".into()),
-        timeout_ms: 5_000,
-    }
-}
+use common::TWILIO_TOKEN;
 
 fn msg91(base_url: &str, receipt_token: Option<&str>) -> Msg91Config {
     Msg91Config {
@@ -51,10 +24,6 @@ fn msg91(base_url: &str, receipt_token: Option<&str>) -> Msg91Config {
         receipt_token: receipt_token.map(Into::into),
         timeout_ms: 5_000,
     }
-}
-
-fn route(entries: &[(&str, u32)]) -> Vec<RouteEntry> {
-    entries.iter().map(|(c, w)| RouteEntry::Weighted { carrier: (*c).into(), weight: *w }).collect()
 }
 
 /// Twilio first, Vonage as failover, both on `base_url`.

@@ -18,6 +18,11 @@ pub struct Args {
     /// Offered load, requests per second (default: as fast as confirms allow).
     #[arg(long)]
     rate: Option<u32>,
+    /// Code lifetime each request asks for, seconds (30-3600). With a short one and
+    /// OTP_STORE__RETENTION_SECS / OTP_STORE__SWEEP_INTERVAL_SECS, the store reaches a
+    /// steady size within a run (for RSS runs).
+    #[arg(long, default_value_t = 300)]
+    ttl_secs: u32,
     /// Share of requests the primary (Twilio-API) fake carrier fails, 0-1 (in-process mode).
     #[arg(long, default_value_t = 0.0, conflicts_with = "target")]
     primary_error_rate: f64,
@@ -138,6 +143,7 @@ pub async fn run(config: Config, args: Args) -> anyhow::Result<()> {
         rss,
         idle_timeout: Duration::from_secs(args.idle_timeout.max(1)),
         series: args.series.filter(|s| *s > 0.0).map(Duration::from_secs_f64),
+        ttl_secs: args.ttl_secs.clamp(30, 3600),
     };
     let report = bench::run(&config, options).await?;
     println!("{report}");

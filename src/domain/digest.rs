@@ -112,8 +112,8 @@ impl KeyRing {
 /// 32 random bytes from which, with the key, a request's code is derived
 /// ([`DigestKey::derive_code`]); stored as 64 hex characters.
 #[derive(Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(into = "String", try_from = "String")]
-pub struct CodeSeed([u8; 32]);
+#[serde(transparent)]
+pub struct CodeSeed(#[serde(with = "hex::serde")] [u8; 32]);
 
 impl CodeSeed {
     /// A fresh seed from a cryptographically secure generator.
@@ -124,20 +124,6 @@ impl CodeSeed {
     }
 }
 
-impl From<CodeSeed> for String {
-    fn from(s: CodeSeed) -> Self {
-        hex::encode(s.0)
-    }
-}
-
-impl TryFrom<String> for CodeSeed {
-    type Error = String;
-    fn try_from(s: String) -> Result<Self, Self::Error> {
-        let bytes = hex::decode(&s).map_err(|e| e.to_string())?;
-        Ok(Self(bytes.try_into().map_err(|_| "a code seed is 32 bytes".to_owned())?))
-    }
-}
-
 impl fmt::Debug for CodeSeed {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("CodeSeed(<redacted>)")
@@ -145,23 +131,14 @@ impl fmt::Debug for CodeSeed {
 }
 
 /// An HMAC-SHA-256 digest of a code; stored as 64 hex characters.
+/// [`CodeDigest::ZERO`] matches no code (the dummy of a timing-safe miss).
 #[derive(Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(into = "String", try_from = "String")]
-pub struct CodeDigest([u8; 32]);
+#[serde(transparent)]
+pub struct CodeDigest(#[serde(with = "hex::serde")] [u8; 32]);
 
-impl From<CodeDigest> for String {
-    fn from(d: CodeDigest) -> Self {
-        hex::encode(d.0)
-    }
-}
-
-impl TryFrom<String> for CodeDigest {
-    type Error = String;
-    fn try_from(s: String) -> Result<Self, Self::Error> {
-        let mut out = [0u8; 32];
-        hex::decode_to_slice(&s, &mut out).map_err(|e| format!("bad digest: {e}"))?;
-        Ok(Self(out))
-    }
+impl CodeDigest {
+    /// All zeros: no code's HMAC.
+    pub const ZERO: Self = Self([0; 32]);
 }
 
 impl fmt::Debug for CodeDigest {
@@ -195,9 +172,10 @@ mod tests {
         assert_ne!(key(1).derive_code(&seed, ten).expose(), key(2).derive_code(&seed, ten).expose());
         let other = CodeSeed::random(&mut rng);
         assert_ne!(key(1).derive_code(&seed, ten).expose(), key(1).derive_code(&other, ten).expose());
-        // The seed round-trips through its stored form and never prints.
-        let stored: String = seed.clone().into();
-        assert_eq!(CodeSeed::try_from(stored).unwrap(), seed);
+        // The seed round-trips through its stored form (64 hex digits) and never prints.
+        let stored = serde_json::to_string(&seed).unwrap();
+        assert_eq!(stored.len(), 66);
+        assert_eq!(serde_json::from_str::<CodeSeed>(&stored).unwrap(), seed);
         assert_eq!(format!("{seed:?}"), "CodeSeed(<redacted>)");
     }
 
@@ -238,7 +216,7 @@ mod tests {
     fn digest_is_keyed_not_a_plain_hash() {
         let code = Code::parse("123456").unwrap();
         let plain: [u8; 32] = Sha256::digest(b"123456").into();
-        assert_ne!(String::from(key(1).digest(&phone(), "r1", &code)), hex::encode(plain));
+        assert_ne!(serde_json::to_value(key(1).digest(&phone(), "r1", &code)).unwrap(), hex::encode(plain));
         assert_ne!(key(1).digest(&phone(), "r1", &code), key(2).digest(&phone(), "r1", &code));
     }
 
@@ -253,9 +231,9 @@ mod tests {
     #[test]
     fn digest_round_trips_through_hex_and_hides_in_debug() {
         let d = key(1).digest(&phone(), "r1", &Code::parse("123456").unwrap());
-        let s = String::from(d.clone());
-        assert_eq!(s.len(), 64);
-        assert_eq!(CodeDigest::try_from(s).unwrap(), d);
+        let s = serde_json::to_string(&d).unwrap();
+        assert_eq!(s.len(), 66, "64 hex digits, quoted");
+        assert_eq!(serde_json::from_str::<CodeDigest>(&s).unwrap(), d);
         assert!(format!("{:?}", key(1)).contains("redacted"));
         assert_eq!(key(1).id().len(), 8);
         assert_ne!(key(1).id(), key(2).id());

@@ -12,7 +12,7 @@ use lapin::{Connection, ConnectionProperties};
 use otp_pipeline::app::{GeneratorApp, SenderApp};
 use otp_pipeline::broker::Topology;
 use otp_pipeline::client;
-use otp_pipeline::config::Config;
+use otp_pipeline::config::{Config, RouteEntry, TwilioConfig, VonageConfig};
 use otp_pipeline::domain::{Clock, Event, ManualClock, RawRequest, Reply};
 use serde_json::{Value, json};
 use std::net::SocketAddr;
@@ -434,4 +434,40 @@ pub fn kill_connections(prefix: &str) -> usize {
             .unwrap();
     }
     pids.len()
+}
+
+pub const TWILIO_TOKEN: &str = "twilio-auth-token-for-tests";
+
+/// Twilio on `base_url` (a fake carrier), receipts to this sender.
+pub fn twilio(base_url: &str, sender_url: &str) -> TwilioConfig {
+    TwilioConfig {
+        base_url: base_url.into(),
+        account_sid: "ACtest".into(),
+        auth_token: TWILIO_TOKEN.into(),
+        api_key_sid: None,
+        api_key_secret: None,
+        from: Some("+15005550006".into()),
+        messaging_service_sid: None,
+        status_callback: Some(format!("{sender_url}/receipts/twilio")),
+        timeout_ms: 5_000,
+    }
+}
+
+/// Vonage on `base_url`, receipts to this sender with token `vonage-token`.
+pub fn vonage(base_url: &str, sender_url: &str) -> VonageConfig {
+    VonageConfig {
+        base_url: base_url.into(),
+        api_key: "vonage-key".into(),
+        api_secret: Some("vonage-secret".into()),
+        signature_secret: None,
+        from: "OTP".into(),
+        callback: Some(format!("{sender_url}/receipts/vonage?token=vonage-token")),
+        receipt_token: Some("vonage-token".into()),
+        timeout_ms: 5_000,
+    }
+}
+
+/// Routing entries `(carrier, weight)`.
+pub fn route(entries: &[(&str, u32)]) -> Vec<RouteEntry> {
+    entries.iter().map(|(c, w)| RouteEntry::Weighted { carrier: (*c).into(), weight: *w }).collect()
 }
