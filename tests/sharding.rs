@@ -102,13 +102,15 @@ async fn two_generator_shards_split_the_numbers_and_answer_for_each_other() {
 
     stop1.cancel();
     running1.await.unwrap();
+    let prefix = env.prefix.clone();
+    env.teardown().await;
+    // The shards' own queues, once no shard is left to declare them again.
     let (connection, channel) = common::open_channel().await;
     for queue in ["otp.requests.0", "otp.requests.1", "otp.status.0", "otp.status.1"] {
-        let name = format!("{}{queue}", env.prefix);
+        let name = format!("{prefix}{queue}");
         channel.queue_delete(name.as_str().into(), QueueDeleteOptions::default()).await.unwrap();
     }
     let _ = connection.close(200, "bye".into()).await;
-    env.teardown().await;
 }
 
 /// For a RabbitMQ cluster: the same pipeline on quorum queues.
