@@ -40,6 +40,16 @@ pub async fn publish_bytes(
     body: &[u8],
     wait: Option<Duration>,
 ) -> Result<Option<Reply>, ClientError> {
+    publish_with_key(url, topology, Topology::REQUEST_KEY, body, wait).await
+}
+
+async fn publish_with_key(
+    url: &str,
+    topology: &Topology,
+    routing_key: &str,
+    body: &[u8],
+    wait: Option<Duration>,
+) -> Result<Option<Reply>, ClientError> {
     let connection =
         Connection::connect(url, ConnectionProperties::default().with_connection_name("otp-publish".into())).await?;
     let channel = connection.create_channel().await?;
@@ -68,7 +78,7 @@ pub async fn publish_bytes(
     let confirm = channel
         .basic_publish(
             topology.exchange.as_str().into(),
-            Topology::REQUEST_KEY.into(),
+            routing_key.into(),
             BasicPublishOptions { mandatory: true, ..Default::default() },
             body,
             properties,
@@ -95,7 +105,8 @@ pub async fn publish_bytes(
     Ok(reply)
 }
 
-/// Publishes `request` and waits up to `wait` for the reply.
+/// Publishes `request` and waits up to `wait` for the reply. With a sharded
+/// `topology`, a valid number goes straight to its owner (`request.<shard>`).
 pub async fn publish(
     url: &str,
     topology: &Topology,
@@ -103,5 +114,10 @@ pub async fn publish(
     wait: Option<Duration>,
 ) -> Result<Option<Reply>, ClientError> {
     let body = serde_json::to_vec(request).expect("requests serialize");
-    publish_bytes(url, topology, &body, wait).await
+    let key = match crate::domain::Phone::parse(&request.phone) {
+        Ok(phone) => topology.request_key_for(phone.e164()),
+        // The generator will reject it; any shard can.
+        Err(_) => Topology::REQUEST_KEY.to_owned(),
+    };
+    publish_with_key(url, topology, &key, &body, wait).await
 }

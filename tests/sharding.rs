@@ -74,6 +74,26 @@ async fn two_generator_shards_split_the_numbers_and_answer_for_each_other() {
         }
     }
 
+    // A producer that knows the shards publishes straight to the owner's key.
+    let sharded = otp_pipeline::broker::Topology::new(&env.prefix, None).sharded(None, 2);
+    for i in 0..4 {
+        let phone = format!("+1415555{:04}", 3100 + i);
+        let request = RawRequest { request_id: format!("direct-{i}"), phone: phone.clone(), ..Default::default() };
+        let wait = Some(std::time::Duration::from_secs(15));
+        let reply = otp_pipeline::client::publish(&env.config.broker.url, &sharded, &request, wait).await.unwrap();
+        assert_eq!(reply.map(|r| r.status), Some(ReplyStatus::Accepted));
+        let owner = &urls[usize::from(shard_of(&phone, 2))];
+        let found = http
+            .get(format!("{owner}/v1/otp/direct-{i}"))
+            .bearer_auth(API_KEY)
+            .header("x-otp-forwarded", "1")
+            .send()
+            .await
+            .unwrap()
+            .status();
+        assert_eq!(found, 200, "direct-{i} is on its owner");
+    }
+
     // Any shard answers for any number: verify every code through shard 0,
     // read every request's state through shard 1.
     for (i, phone) in phones.iter().enumerate() {

@@ -43,7 +43,7 @@ pub async fn run(config: Config, args: Args) -> anyhow::Result<()> {
         ttl_secs: args.ttl_secs,
         channel: None,
     };
-    let topology = Topology::new(&config.broker.prefix, None);
+    let topology = Topology::new(&config.broker.prefix, None).sharded(None, config.broker.shards);
     let wait = (args.wait > 0).then(|| Duration::from_secs(args.wait));
     match client::publish(&config.broker.url, &topology, &request, wait).await? {
         Some(reply) => println!("{}", serde_json::to_string(&reply)?),
