@@ -338,6 +338,20 @@ impl Outcomes {
 
 /// Follows `event.sent`, `event.failed` and `event.rejected` on `exchange`
 /// through a private queue (exclusive, auto-delete, `x-expires`), until `stop`.
+/// Follows the events of `run`: the count of final outcomes so far, the
+/// token that stops following, and the task that returns the outcomes.
+async fn follow_run(
+    connection: &Connection,
+    exchange: &str,
+    run: &RunId,
+    window: Option<Duration>,
+) -> Result<(Arc<AtomicUsize>, CancellationToken, tokio::task::JoinHandle<Outcomes>), BenchError> {
+    let finals = Arc::new(AtomicUsize::new(0));
+    let stop = CancellationToken::new();
+    let events = follow_events(connection, exchange, run.clone(), finals.clone(), stop.clone(), window).await?;
+    Ok((finals, stop, events))
+}
+
 async fn follow_events(
     connection: &Connection,
     exchange: &str,
@@ -999,17 +1013,7 @@ async fn run_in_process(base: &Config, options: BenchOptions) -> Result<BenchRep
         ConnectionProperties::default().with_connection_name("otp-bench".into()),
     )
     .await?;
-    let finals = Arc::new(AtomicUsize::new(0));
-    let events_stop = CancellationToken::new();
-    let events = follow_events(
-        &connection,
-        &topology.exchange,
-        run.clone(),
-        finals.clone(),
-        events_stop.clone(),
-        options.series,
-    )
-    .await?;
+    let (finals, events_stop, events) = follow_run(&connection, &topology.exchange, &run, options.series).await?;
 
     // With RSS sampling, the fake carriers are emptied as the run goes, so
     // that what grows is the pipeline, not the carriers' record of every SMS.
@@ -1159,17 +1163,7 @@ async fn run_target(base: &Config, options: BenchOptions, target: Target) -> Res
     let rss = options.rss.clone().filter(|r| !r.pids.is_empty()).map(|r| sample_rss(r, rss_stop.clone()));
     let run = RunId::new();
     let numbers = Numbers::random();
-    let finals = Arc::new(AtomicUsize::new(0));
-    let events_stop = CancellationToken::new();
-    let events = follow_events(
-        &connection,
-        &topology.exchange,
-        run.clone(),
-        finals.clone(),
-        events_stop.clone(),
-        options.series,
-    )
-    .await?;
+    let (finals, events_stop, events) = follow_run(&connection, &topology.exchange, &run, options.series).await?;
     let published_so_far = AtomicUsize::new(0);
     let published = publish_load(&connection, &topology.exchange, &run, numbers, &options, &published_so_far).await?;
     wait_for_outcomes(&finals, published.count, options.idle_timeout).await;

@@ -20,6 +20,12 @@ fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
+/// `GET /v1/otp/{id}` answered by that shard alone (marked as forwarded, so not forwarded again).
+async fn local_status(http: &reqwest::Client, shard_url: &str, request_id: &str) -> u16 {
+    let request = http.get(format!("{shard_url}/v1/otp/{request_id}")).bearer_auth(API_KEY);
+    request.header("x-otp-forwarded", "1").send().await.unwrap().status().as_u16()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_generator_shards_split_the_numbers_and_answer_for_each_other() {
     let ports = [free_port(), free_port()];
@@ -61,14 +67,7 @@ async fn two_generator_shards_split_the_numbers_and_answer_for_each_other() {
     let http = reqwest::Client::new();
     for (i, owner) in owners.iter().enumerate() {
         for (shard, url) in urls.iter().enumerate() {
-            let status = http
-                .get(format!("{url}/v1/otp/shard-{i}"))
-                .bearer_auth(API_KEY)
-                .header("x-otp-forwarded", "1")
-                .send()
-                .await
-                .unwrap()
-                .status();
+            let status = local_status(&http, url, &format!("shard-{i}")).await;
             let expected = if usize::from(*owner) == shard { 200 } else { 404 };
             assert_eq!(status, expected, "request shard-{i} on shard {shard} (owner {owner})");
         }
@@ -83,14 +82,7 @@ async fn two_generator_shards_split_the_numbers_and_answer_for_each_other() {
         let reply = otp_pipeline::client::publish(&env.config.broker.url, &sharded, &request, wait).await.unwrap();
         assert_eq!(reply.map(|r| r.status), Some(ReplyStatus::Accepted));
         let owner = &urls[usize::from(shard_of(&phone, 2))];
-        let found = http
-            .get(format!("{owner}/v1/otp/direct-{i}"))
-            .bearer_auth(API_KEY)
-            .header("x-otp-forwarded", "1")
-            .send()
-            .await
-            .unwrap()
-            .status();
+        let found = local_status(&http, owner, &format!("direct-{i}")).await;
         assert_eq!(found, 200, "direct-{i} is on its owner");
     }
 
