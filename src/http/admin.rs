@@ -11,11 +11,6 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 
-fn unavailable(e: impl std::fmt::Display) -> ApiError {
-    tracing::error!(error = %e, "admin route failed");
-    ApiError::unavailable("the store is unavailable; try again")
-}
-
 /// The quarantines in force.
 #[utoipa::path(
     get,
@@ -30,7 +25,7 @@ fn unavailable(e: impl std::fmt::Display) -> ApiError {
     )
 )]
 pub async fn quarantines(State(state): State<ApiState>) -> Result<Response, ApiError> {
-    let quarantines = state.generator.quarantines().map_err(unavailable)?;
+    let quarantines = state.generator.quarantines().map_err(ApiError::failed("the store"))?;
     Ok(axum::Json(QuarantineList { quarantines }).into_response())
 }
 
@@ -53,7 +48,7 @@ pub async fn lift(State(state): State<ApiState>, Path(prefix): Path<String>) -> 
     if prefix.is_empty() || prefix.len() > 15 || !prefix.bytes().all(|b| b.is_ascii_digit()) {
         return Err(ApiError::bad_request("prefix must be the quarantined digits, without '+'"));
     }
-    if state.generator.lift_quarantine(&prefix).map_err(unavailable)? {
+    if state.generator.lift_quarantine(&prefix).map_err(ApiError::failed("the store"))? {
         Ok(axum::Json(Lifted { lifted: prefix }).into_response())
     } else {
         Ok((StatusCode::NOT_FOUND, axum::Json(NotFound::new())).into_response())

@@ -31,6 +31,15 @@ impl ApiError {
     pub fn unavailable(message: impl Into<String>) -> Self {
         Self { status: StatusCode::SERVICE_UNAVAILABLE, message: message.into() }
     }
+
+    /// For `map_err`: logs the failure of `what` and answers 503
+    /// "`what` is unavailable; try again".
+    pub fn failed<E: std::fmt::Display>(what: &'static str) -> impl FnOnce(E) -> Self {
+        move |e| {
+            tracing::error!(error = %e, "{what} failed");
+            Self::unavailable(format!("{what} is unavailable; try again"))
+        }
+    }
 }
 
 impl From<JsonRejection> for ApiError {

@@ -32,10 +32,7 @@ pub fn router(broker: Arc<Broker>, handle: PrometheusHandle, store: Option<Check
 
 /// `/healthz`, `/metrics`, and a `/readyz` that says not ready: the store is not open yet.
 pub fn not_ready_router(handle: PrometheusHandle) -> Router {
-    let render = move || {
-        let body = handle.render();
-        async move { ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], body) }
-    };
+    let render = move || std::future::ready(exposition(&handle));
     let not_ready = || async {
         let body = Readiness { status: ReadyStatus::NotReady, broker: false, store: false };
         (StatusCode::SERVICE_UNAVAILABLE, axum::Json(body))
@@ -51,8 +48,12 @@ pub fn not_ready_router(handle: PrometheusHandle) -> Router {
     responses((status = 200, description = "Prometheus text format 0.0.4.", content_type = "text/plain", body = String))
 )]
 pub async fn metrics(State(state): State<OpsState>) -> Response {
-    let body = state.metrics.render();
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], body).into_response()
+    exposition(&state.metrics)
+}
+
+/// The text exposition of `handle`, with Prometheus's content type.
+fn exposition(handle: &PrometheusHandle) -> Response {
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], handle.render()).into_response()
 }
 
 /// Liveness: the process answers.

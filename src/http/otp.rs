@@ -65,10 +65,7 @@ pub async fn create(
             body.retry_after_secs = Some(wait);
             return Ok(too_many_requests(&body, wait));
         }
-        Err(e) => {
-            tracing::error!(error = %e, "limit check failed");
-            return Err(ApiError::unavailable("the store is unavailable; try again"));
-        }
+        Err(e) => return Err(ApiError::failed("the store")(e)),
     }
     state.generator.submit(&raw, &valid.phone).await.map_err(|e| {
         tracing::warn!(error = %e, "could not publish a request");
@@ -101,10 +98,7 @@ pub async fn cancel(
     headers: HeaderMap,
     Path(request_id): Path<String>,
 ) -> Result<Response, ApiError> {
-    let outcome = state.generator.cancel(&request_id).await.map_err(|e| {
-        tracing::error!(error = %e, "cancel failed");
-        ApiError::unavailable("cancel is unavailable; try again")
-    })?;
+    let outcome = state.generator.cancel(&request_id).await.map_err(ApiError::failed("cancel"))?;
     Ok(match outcome {
         CancelOutcome::Canceled(record) => {
             (StatusCode::OK, axum::Json(StatusOnly { status: record.status })).into_response()
@@ -167,10 +161,7 @@ pub async fn status(
     headers: HeaderMap,
     Path(request_id): Path<String>,
 ) -> Result<Response, ApiError> {
-    let record = state.generator.request(&request_id).map_err(|e| {
-        tracing::error!(error = %e, "status lookup failed");
-        ApiError::unavailable("status is unavailable; try again")
-    })?;
+    let record = state.generator.request(&request_id).map_err(ApiError::failed("status"))?;
     let Some(r) = record else {
         let path = format!("/v1/otp/{}", encode_segment(&request_id));
         return Ok(ask_other_shards(&state, Method::GET, &path, &headers).await);

@@ -59,10 +59,7 @@ pub async fn verify(
         return Ok(state.shards.forward(owner, Method::POST, "/v1/verify", &headers, Some(forwarded)).await);
     }
     let code = Code::parse(&body.code).ok_or_else(|| ApiError::bad_request("code must be 4 to 10 digits"))?;
-    let outcome = state.generator.verify(&phone, &code).await.map_err(|e| {
-        tracing::error!(error = %e, "verification failed");
-        ApiError::unavailable("verification is unavailable; try again")
-    })?;
+    let outcome = state.generator.verify(&phone, &code).await.map_err(ApiError::failed("verification"))?;
     metrics::histogram!(names::VERIFY_DURATION).record(started.elapsed().as_secs_f64());
     let (status, body) = match outcome {
         VerifyOutcome::Approved { .. } => (StatusCode::OK, VerifyResult::of(VerifyStatus::Approved)),
