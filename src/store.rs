@@ -475,7 +475,9 @@ impl Store {
     }
 
     /// Applies a sender's status event to the request's record. Returns false
-    /// if the request is unknown or already in a later state.
+    /// if the request is unknown or already in a later state. The carrier's
+    /// message id is indexed only for a request this store holds (with
+    /// shards, every shard sees every event).
     pub fn apply_event(
         &self,
         request_id: &str,
@@ -488,11 +490,8 @@ impl Store {
         let Some(next) = kind.request_status() else {
             return Ok(false);
         };
-        if let (Some(carrier), Some(id)) = (carrier, carrier_message_id) {
-            self.by_message.insert(message_key(carrier, id), request_id.as_bytes())?;
-        }
         let mut applied = false;
-        self.update_request(request_id, |r| {
+        let known = self.update_request(request_id, |r| {
             applied = r.status.can_become(next);
             // Which carrier took the SMS is kept even when the news arrives
             // after a later state (a fast user can verify before `sent` lands).
@@ -506,6 +505,11 @@ impl Store {
                 r.updated_at = at;
             }
         })?;
+        if known.is_some()
+            && let (Some(carrier), Some(id)) = (carrier, carrier_message_id)
+        {
+            self.by_message.insert(message_key(carrier, id), request_id.as_bytes())?;
+        }
         Ok(applied)
     }
 
@@ -739,6 +743,16 @@ mod tests {
         let code = keys.current().derive_code(&seed, req.code_length);
         let (outcome, _, _) = store.verify(&req.phone, &code, &keys, now, &open()).unwrap();
         assert_eq!(outcome.label(), "approved");
+    }
+
+    #[test]
+    fn events_of_unknown_requests_index_nothing() {
+        let (_d, store, _keys) = setup();
+        let now = OffsetDateTime::now_utc();
+        let applied = store.apply_event("elsewhere", EventKind::Sent, Some("twilio"), Some("SM1"), None, now).unwrap();
+        assert!(!applied);
+        assert_eq!(store.request_for_message("twilio", "SM1").unwrap(), None);
+        assert!(store.is_empty());
     }
 
     #[test]
