@@ -38,7 +38,7 @@ impl Shards {
     /// The base URL of the shard owning `e164`, if that is not this one (and
     /// this call was not itself forwarded).
     pub fn owner_elsewhere(&self, e164: &str, headers: &HeaderMap) -> Option<&str> {
-        if self.count <= 1 || headers.contains_key(&FORWARDED) {
+        if !self.may_forward(headers) {
             return None;
         }
         let owner = shard_of(e164, self.count);
@@ -47,11 +47,16 @@ impl Shards {
 
     /// The other shards' base URLs (none if this call was forwarded).
     pub fn others(&self, headers: &HeaderMap) -> Vec<&str> {
-        if self.count <= 1 || headers.contains_key(&FORWARDED) {
+        if !self.may_forward(headers) {
             return Vec::new();
         }
         let mine = usize::from(self.mine);
         self.urls.iter().enumerate().filter(|(i, _)| *i != mine).map(|(_, u)| u.as_str()).collect()
+    }
+
+    /// Sharded, and this call did not come from another shard.
+    fn may_forward(&self, headers: &HeaderMap) -> bool {
+        self.count > 1 && !headers.contains_key(&FORWARDED)
     }
 
     /// Sends `method path` with `body` to `base`, with the caller's
