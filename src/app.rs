@@ -5,11 +5,11 @@
 use crate::broker::{Broker, Subscription};
 use crate::config::{Config, ConfigError};
 use crate::domain::{Clock, TemplateError, Templates};
-use crate::generator::{Generator, Policy, RequestHandler, StatusHandler};
+use crate::generator::{BrokerOutbox, Generator, Policy, RequestHandler, StatusHandler};
 use crate::http::{self, ApiKeys, ApiState, Gate};
 use crate::secrets::{self, SecretError};
 use crate::sender::{DeliveryHandler, Sender, SenderError};
-use crate::store::{Store, StoreError};
+use crate::store::{Store, StoreError, Writer, WriterSettings};
 use crate::telemetry;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -45,9 +45,13 @@ pub enum AppError {
     },
 }
 
+/// Store commands that may wait for the writer before callers wait to send.
+const WRITER_QUEUE: usize = 8192;
+
 /// The generator process: request consumer, status consumer and HTTP API over one store.
 pub struct GeneratorApp {
     generator: Arc<Generator>,
+    broker: Arc<Broker>,
     listener: TcpListener,
     router: axum::Router,
     created_api_key: Option<String>,
@@ -115,7 +119,15 @@ impl GeneratorApp {
         };
         config.check_shards(true)?;
         let broker = Broker::for_shard(&config.broker, "otp-generator", Some(config.generator.shard));
-        let generator = Arc::new(Generator::new(store, key, policy, broker, clock));
+        let settings = WriterSettings {
+            keys: key,
+            policies: policy.guards.clone(),
+            max_attempts: policy.max_attempts,
+            queue: WRITER_QUEUE,
+        };
+        let writer = Writer::start(store, settings)?;
+        let outbox = BrokerOutbox::new(broker.clone());
+        let generator = Arc::new(Generator::new(writer, policy, outbox, broker.topology().clone(), clock));
         let api_keys = Arc::new(ApiKeys::new(&keys));
         let gate = Arc::new(Gate::new(api_keys.clone(), config.http.rate_per_key_per_sec, config.http.burst_per_key));
         if config.http.admin_api_keys.iter().any(|k| k.trim().len() < secrets::MIN_API_KEY_LEN) {
@@ -125,11 +137,11 @@ impl GeneratorApp {
         let admin_keys = Arc::new(ApiKeys::new(&config.http.admin_api_keys));
         let admin = Arc::new(Gate::new(admin_keys, config.http.rate_per_key_per_sec, config.http.burst_per_key));
         let shards = Arc::new(http::Shards::new(&config.broker, &config.generator));
-        let state = ApiState { generator: generator.clone(), gate, admin, shards };
+        let state = ApiState { generator: generator.clone(), broker: broker.clone(), gate, admin, shards };
         let router = http::api_router(state, metrics, config.http.max_body_bytes);
         let sweep_every = std::time::Duration::from_secs(config.store.sweep_interval_secs.max(1));
         let retention = time::Duration::seconds(i64::try_from(config.store.retention_secs).unwrap_or(i64::MAX));
-        Ok(Self { generator, listener, router, created_api_key, data_dir, api_keys, sweep_every, retention })
+        Ok(Self { generator, broker, listener, router, created_api_key, data_dir, api_keys, sweep_every, retention })
     }
 
     /// A handle that reloads the API keys (the configuration is read from
@@ -161,13 +173,13 @@ impl GeneratorApp {
 
     /// The broker handle (tests wait on its connection).
     pub fn broker(&self) -> Arc<Broker> {
-        self.generator.broker().clone()
+        self.broker.clone()
     }
 
     /// Runs until `shutdown`: consumes, serves, then drains in-flight work and flushes the store.
     pub async fn run(self, shutdown: CancellationToken) -> Result<(), AppError> {
         let addr = self.local_addr();
-        let broker = self.generator.broker().clone();
+        let broker = self.broker.clone();
         let topology = broker.topology().clone();
         let mut subscriptions = vec![
             Subscription {
@@ -203,7 +215,7 @@ impl GeneratorApp {
         let served = http::serve(self.listener, self.router, shutdown.clone()).await;
         let _ = consuming.await;
         let _ = sweeper.await;
-        self.generator.store().flush().await?;
+        self.generator.writer().flush().await?;
         tracing::info!("generator stopped; store flushed");
         served.map_err(|source| AppError::Http { addr, source })
     }

@@ -137,17 +137,57 @@ impl Sender {
         self.slots.keys().map(String::as_str).collect()
     }
 
-    /// Handles one delivery.
-    pub async fn process_delivery(&self, message: Inbound) -> Disposition {
-        let delivery: Delivery = match serde_json::from_slice(&message.body) {
-            Ok(d) => d,
+    /// Handles one message of the deliveries queue: one delivery (a JSON
+    /// object) or several that the generator coalesced (a JSON array), sent
+    /// concurrently. A batch is acked once every delivery in it is settled;
+    /// one that failed for good is dead-lettered alone; if any outcome could
+    /// not be announced the whole batch comes back (its other codes may then
+    /// be sent twice: duplicates stay bounded by the batch).
+    pub async fn process_message(self: &Arc<Self>, message: Inbound) -> Disposition {
+        let batch = match decode_deliveries(&message.body) {
+            Ok(Deliveries::One(delivery)) => return self.process_delivery(*delivery).await,
+            Ok(Deliveries::Many(batch)) => batch,
             Err(e) => {
-                return Disposition::DeadLetter {
-                    reason: "malformed_delivery",
-                    error: crate::domain::phone::redact_numbers(&e.to_string()),
-                };
+                let error = crate::domain::phone::redact_numbers(&e.to_string());
+                return Disposition::DeadLetter { reason: "malformed_delivery", error };
             }
         };
+        let mut sending = tokio::task::JoinSet::new();
+        for delivery in batch {
+            let sender = self.clone();
+            sending.spawn(async move {
+                let disposition = sender.process_delivery(delivery.clone()).await;
+                (delivery, disposition)
+            });
+        }
+        let mut dead = Vec::new();
+        let mut settled = Disposition::Ack;
+        while let Some(joined) = sending.join_next().await {
+            match joined {
+                Ok((_, Disposition::Ack)) => {}
+                Ok((delivery, Disposition::DeadLetter { reason, error })) => dead.push((delivery, reason, error)),
+                Ok((_, retry @ Disposition::Retry { .. })) => settled = retry,
+                Err(e) => {
+                    tracing::error!(error = %e, "a delivery task failed; the batch will be retried");
+                    settled = Disposition::Retry { after: RETRY_PAUSE };
+                }
+            }
+        }
+        if settled != Disposition::Ack {
+            return settled;
+        }
+        for (delivery, reason, error) in dead {
+            let body = serde_json::to_vec(&delivery).expect("deliveries serialize");
+            if let Err(e) = self.broker.dead_letter(&message.routing_key, &body, reason, &error).await {
+                tracing::warn!(error = %e, "could not dead-letter a delivery of a batch; the batch will be retried");
+                return Disposition::Retry { after: RETRY_PAUSE };
+            }
+        }
+        Disposition::Ack
+    }
+
+    /// Handles one delivery.
+    pub async fn process_delivery(&self, delivery: Delivery) -> Disposition {
         let sms = Sms {
             to: delivery.phone.clone(),
             text: delivery.text.clone(),
@@ -270,11 +310,25 @@ impl Sender {
     }
 }
 
+/// What one message of the deliveries queue holds.
+enum Deliveries {
+    One(Box<Delivery>),
+    Many(Vec<Delivery>),
+}
+
+fn decode_deliveries(body: &[u8]) -> Result<Deliveries, serde_json::Error> {
+    if body.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'[') {
+        serde_json::from_slice(body).map(Deliveries::Many)
+    } else {
+        serde_json::from_slice(body).map(|d| Deliveries::One(Box::new(d)))
+    }
+}
+
 /// The deliveries queue's handler.
 pub struct DeliveryHandler(pub Arc<Sender>);
 
 impl Handler for DeliveryHandler {
     fn handle(&self, message: Inbound) -> BoxFuture<'_, Disposition> {
-        Box::pin(self.0.process_delivery(message))
+        Box::pin(self.0.process_message(message))
     }
 }

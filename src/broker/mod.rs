@@ -23,4 +23,7 @@ pub enum BrokerError {
     /// The broker refused the message (nack) or could not route it.
     #[error("the broker did not accept the message: {0}")]
     NotConfirmed(&'static str),
+    /// One failure shared by every message of a coalesced publish.
+    #[error(transparent)]
+    Shared(std::sync::Arc<BrokerError>),
 }

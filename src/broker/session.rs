@@ -330,6 +330,36 @@ impl Broker {
         }
     }
 
+    /// Publishes `body` to the dead-letter exchange with the reason in
+    /// `x-otp-error` / `x-otp-reason` (counted and logged), confirmed.
+    pub async fn dead_letter(
+        &self,
+        routing_key: &str,
+        body: &[u8],
+        reason: &'static str,
+        error: &str,
+    ) -> Result<(), BrokerError> {
+        self.dead_letter_with(routing_key, body, json_properties(), reason, error).await
+    }
+
+    async fn dead_letter_with(
+        &self,
+        routing_key: &str,
+        body: &[u8],
+        properties: BasicProperties,
+        reason: &'static str,
+        error: &str,
+    ) -> Result<(), BrokerError> {
+        metrics::counter!(names::DEAD_LETTERS, "reason" => reason).increment(1);
+        tracing::warn!(reason, error = %error, routing_key, "dead-lettering a message");
+        let mut headers = properties.headers().clone().unwrap_or_default();
+        headers.insert(ShortString::from(Topology::ERROR_HEADER), AMQPValue::LongString(LongString::from(error)));
+        headers.insert(ShortString::from(Topology::REASON_HEADER), AMQPValue::LongString(LongString::from(reason)));
+        let properties = properties.with_headers(headers).with_delivery_mode(2);
+        let dlx = self.topology.dlx.clone();
+        self.publish(&dlx, routing_key, body, properties, true).await
+    }
+
     async fn settle(&self, delivery: lapin::message::Delivery, disposition: Disposition) {
         let result = match disposition {
             Disposition::Ack => delivery.ack(BasicAckOptions::default()).await,
@@ -338,20 +368,11 @@ impl Broker {
                 delivery.nack(BasicNackOptions { requeue: true, ..Default::default() }).await
             }
             Disposition::DeadLetter { reason, error } => {
-                metrics::counter!(names::DEAD_LETTERS, "reason" => reason).increment(1);
-                tracing::warn!(reason, error = %error, routing_key = %delivery.routing_key, "dead-lettering a message");
-                let mut headers = delivery.properties.headers().clone().unwrap_or_default();
-                headers.insert(
-                    ShortString::from(Topology::ERROR_HEADER),
-                    AMQPValue::LongString(LongString::from(error.as_str())),
-                );
-                headers.insert(
-                    ShortString::from(Topology::REASON_HEADER),
-                    AMQPValue::LongString(LongString::from(reason)),
-                );
-                let properties = delivery.properties.clone().with_headers(headers).with_delivery_mode(2);
-                let dlx = self.topology.dlx.clone();
-                match self.publish(&dlx, delivery.routing_key.as_str(), &delivery.data, properties, true).await {
+                let properties = delivery.properties.clone();
+                match self
+                    .dead_letter_with(delivery.routing_key.as_str(), &delivery.data, properties, reason, &error)
+                    .await
+                {
                     Ok(()) => delivery.ack(BasicAckOptions::default()).await,
                     Err(e) => {
                         // The queue's own dead-letter route still keeps it.

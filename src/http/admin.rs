@@ -48,7 +48,7 @@ pub async fn lift(State(state): State<ApiState>, Path(prefix): Path<String>) -> 
     if prefix.is_empty() || prefix.len() > 15 || !prefix.bytes().all(|b| b.is_ascii_digit()) {
         return Err(ApiError::bad_request("prefix must be the quarantined digits, without '+'"));
     }
-    if state.generator.lift_quarantine(&prefix).map_err(ApiError::failed("the store"))? {
+    if state.generator.lift_quarantine(&prefix).await.map_err(ApiError::failed("the store"))? {
         Ok(axum::Json(Lifted { lifted: prefix }).into_response())
     } else {
         Ok((StatusCode::NOT_FOUND, axum::Json(NotFound::new())).into_response())

@@ -31,6 +31,8 @@ use tokio_util::sync::CancellationToken;
 pub struct ApiState {
     /// Codes, requests, verification.
     pub generator: Arc<Generator>,
+    /// The process's broker link (readiness).
+    pub broker: Arc<Broker>,
     /// Accepted bearer keys.
     pub gate: Arc<Gate>,
     /// Keys of the operator routes (`/v1/admin/*`); none configured: those routes are off.
@@ -41,7 +43,7 @@ pub struct ApiState {
 
 /// The generator process's router: `/v1/*` behind API keys, plus ops routes.
 pub fn api_router(state: ApiState, metrics: PrometheusHandle, max_body_bytes: usize) -> Router {
-    let broker = state.generator.broker().clone();
+    let broker = state.broker.clone();
     let v1 = Router::new()
         .route("/v1/verify", post(verify::verify))
         .route("/v1/otp", post(otp::create))
