@@ -99,6 +99,9 @@ pub struct Target {
     pub fake_carrier: Option<String>,
     /// Its `broker.prefix`.
     pub prefix: String,
+    /// The pipeline's processes (generator, senders or all-in-one) whose CPU
+    /// time to account per OTP and per verify; empty: none.
+    pub service_pids: Vec<u32>,
 }
 
 /// VmRSS sampling.
@@ -714,6 +717,65 @@ fn sample_rss(options: RssOptions, stop: CancellationToken) -> tokio::task::Join
     })
 }
 
+/// CPU time (user + system) of a process over one phase of a run.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CpuUse {
+    /// `this process …` or `pid N`.
+    pub label: String,
+    /// CPU seconds spent in the phase.
+    pub seconds: f64,
+    /// Wall-clock seconds of the phase.
+    pub wall: f64,
+}
+
+impl CpuUse {
+    /// Microseconds of CPU per unit of work (`per` OTPs or verifications).
+    pub fn micros_per(&self, per: usize) -> f64 {
+        self.seconds * 1e6 / per.max(1) as f64
+    }
+}
+
+/// User + system CPU seconds of `pid` (None: this process) from `/proc`.
+fn cpu_seconds(pid: Option<u32>) -> Option<f64> {
+    let path = pid.map_or_else(|| "/proc/self/stat".to_owned(), |p| format!("/proc/{p}/stat"));
+    let stat = std::fs::read_to_string(path).ok()?;
+    // Fields after the command name (which may hold spaces): state is field 3,
+    // utime 14 and stime 15, in clock ticks of USER_HZ (100 on Linux).
+    let fields: Vec<&str> = stat[stat.rfind(')')? + 1..].split_whitespace().collect();
+    let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    Some(ticks as f64 / 100.0)
+}
+
+/// Measures the CPU time of some processes from [`CpuMeter::start`] on.
+struct CpuMeter {
+    sources: Vec<(String, Option<u32>, f64)>,
+    started: Instant,
+}
+
+impl CpuMeter {
+    /// Starts on `pids`, or on this process (labelled `self_label`) if none.
+    fn start(pids: &[u32], self_label: &str) -> Self {
+        let sources: Vec<(String, Option<u32>)> = if pids.is_empty() {
+            vec![(self_label.to_owned(), None)]
+        } else {
+            pids.iter().map(|p| (format!("pid {p}"), Some(*p))).collect()
+        };
+        let sources = sources.into_iter().filter_map(|(l, p)| Some((l, p, cpu_seconds(p)?))).collect();
+        Self { sources, started: Instant::now() }
+    }
+
+    fn stop(self) -> Vec<CpuUse> {
+        let wall = self.started.elapsed().as_secs_f64();
+        let used = |(label, pid, start): (String, Option<u32>, f64)| {
+            Some(CpuUse { label, seconds: cpu_seconds(pid)? - start, wall })
+        };
+        self.sources.into_iter().filter_map(used).collect()
+    }
+}
+
+/// What in-process mode measures: the pipeline shares the process with the harness.
+const IN_PROCESS_CPU: &str = "this process: pipeline + load generator + fake carriers";
+
 // ---------------------------------------------------------------------------
 // The report
 
@@ -750,6 +812,10 @@ pub struct BenchReport {
     pub verify: Option<VerifyReport>,
     /// VmRSS over the load phase.
     pub rss: Vec<RssSeries>,
+    /// CPU time over the load phase (first publish → last outcome).
+    pub cpu_load: Vec<CpuUse>,
+    /// CPU time over the verify phase.
+    pub cpu_verify: Vec<CpuUse>,
     /// Delivery per window of publish time: `(seconds from the first publish, delivered, latency)`.
     pub windows: Vec<(f64, Histogram<u64>)>,
 }
@@ -861,6 +927,30 @@ impl std::fmt::Display for BenchReport {
                 statuses.join(", ")
             )?;
             writeln!(f, "| verify round trip p50 / p90 / p99 / p99.9 / max | {} |", fmt_percentiles(&v.latency_us))?;
+        }
+        let delivered = self.delivered();
+        for c in &self.cpu_load {
+            writeln!(
+                f,
+                "| service CPU per OTP, load phase ({}) | {:.0} µs ({:.2} CPU s ÷ {} delivered; {:.0} % of a core) |",
+                c.label,
+                c.micros_per(delivered),
+                c.seconds,
+                thousands(delivered as u64),
+                100.0 * c.seconds / c.wall.max(1e-9)
+            )?;
+        }
+        if let Some(v) = &self.verify {
+            for c in &self.cpu_verify {
+                writeln!(
+                    f,
+                    "| service CPU per verify ({}) | {:.0} µs ({:.2} CPU s ÷ {} requests) |",
+                    c.label,
+                    c.micros_per(v.requests),
+                    c.seconds,
+                    thousands(v.requests as u64)
+                )?;
+            }
         }
         for s in &self.rss {
             writeln!(f, "{s}")?;
@@ -1037,6 +1127,7 @@ async fn run_in_process(base: &Config, options: BenchOptions) -> Result<BenchRep
         })
     });
 
+    let cpu = CpuMeter::start(&[], IN_PROCESS_CPU);
     let outcome = publish_load(&connection, &topology.exchange, &run, numbers, &options, &published_so_far).await;
     let published = match outcome {
         Ok(p) => p,
@@ -1049,6 +1140,7 @@ async fn run_in_process(base: &Config, options: BenchOptions) -> Result<BenchRep
         }
     };
     wait_for_outcomes(&finals, published.count, options.idle_timeout).await;
+    let cpu_load = cpu.stop();
     rss_stop.cancel();
     let rss = match rss {
         Some(handle) => handle.await.unwrap_or_default(),
@@ -1064,11 +1156,13 @@ async fn run_in_process(base: &Config, options: BenchOptions) -> Result<BenchRep
     let mut book = std::mem::take(&mut *codes.lock().expect("codes lock"));
     let primary_errors = refused.load(Ordering::SeqCst) + carriers.0.drain(&mut book, &numbers, published.count);
     carriers.1.drain(&mut book, &numbers, published.count);
+    let cpu = CpuMeter::start(&[], IN_PROCESS_CPU);
     let verify = if options.verify_concurrency > 0 {
         Some(verify_all(&api, &api_key, book.work(&numbers), options.verify_concurrency).await?)
     } else {
         None
     };
+    let cpu_verify = cpu.stop();
 
     stop.cancel();
     let _ = apps.await;
@@ -1082,7 +1176,7 @@ async fn run_in_process(base: &Config, options: BenchOptions) -> Result<BenchRep
         "in-process all-in-one (prefix {prefix}, temp sled; fake carriers: twilio, vonage as failover; \
          send limits and pumping guard off)"
     );
-    Ok(report(options, mode, published, outcomes, Some(primary_errors), verify, rss))
+    Ok(report(options, mode, published, outcomes, Some(primary_errors), verify, rss, [cpu_load, cpu_verify]))
 }
 
 fn report(
@@ -1093,7 +1187,9 @@ fn report(
     primary_errors: Option<usize>,
     verify: Option<VerifyReport>,
     rss: Vec<RssSeries>,
+    cpu: [Vec<CpuUse>; 2],
 ) -> BenchReport {
+    let [cpu_load, cpu_verify] = cpu;
     let span_us = outcomes.last_sent_us.saturating_sub(published.first_us).max(1);
     BenchReport {
         mode,
@@ -1119,6 +1215,8 @@ fn report(
             .unwrap_or_default(),
         verify,
         rss,
+        cpu_load,
+        cpu_verify,
         options,
     }
 }
@@ -1165,8 +1263,10 @@ async fn run_target(base: &Config, options: BenchOptions, target: Target) -> Res
     let numbers = Numbers::random();
     let (finals, events_stop, events) = follow_run(&connection, &topology.exchange, &run, options.series).await?;
     let published_so_far = AtomicUsize::new(0);
+    let cpu = (!target.service_pids.is_empty()).then(|| CpuMeter::start(&target.service_pids, ""));
     let published = publish_load(&connection, &topology.exchange, &run, numbers, &options, &published_so_far).await?;
     wait_for_outcomes(&finals, published.count, options.idle_timeout).await;
+    let cpu_load = cpu.map(CpuMeter::stop).unwrap_or_default();
     rss_stop.cancel();
     let rss = match rss {
         Some(handle) => handle.await.unwrap_or_default(),
@@ -1176,6 +1276,7 @@ async fn run_target(base: &Config, options: BenchOptions, target: Target) -> Res
     let outcomes = events.await.map_err(|e| BenchError::Incomplete(format!("event follower: {e}")))?;
     let _ = connection.close(200, "bye".into()).await;
 
+    let cpu = (!target.service_pids.is_empty()).then(|| CpuMeter::start(&target.service_pids, ""));
     let verify = match &target.fake_carrier {
         Some(fake) if options.verify_concurrency > 0 => {
             let url = format!("{}/messages", fake.trim_end_matches('/'));
@@ -1189,6 +1290,7 @@ async fn run_target(base: &Config, options: BenchOptions, target: Target) -> Res
         }
         _ => None,
     };
+    let cpu_verify = cpu.map(CpuMeter::stop).unwrap_or_default();
     let mode = format!(
         "running pipeline: API {}, exchange {} (prefix {:?}), fake carrier {}",
         target.api,
@@ -1196,7 +1298,7 @@ async fn run_target(base: &Config, options: BenchOptions, target: Target) -> Res
         target.prefix,
         target.fake_carrier.as_deref().unwrap_or("none (no verify phase)")
     );
-    Ok(report(options, mode, published, outcomes, None, verify, rss))
+    Ok(report(options, mode, published, outcomes, None, verify, rss, [cpu_load, cpu_verify]))
 }
 
 async fn cleanup(url: &str, t: &Topology) {

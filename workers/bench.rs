@@ -66,6 +66,9 @@ pub struct Args {
     /// Processes whose VmRSS to sample with --target (e.g. the generator's and senders' pids).
     #[arg(long, value_name = "PID", num_args = 1.., requires = "target")]
     rss_pid: Vec<u32>,
+    /// The running pipeline's processes (with --target) whose CPU time is reported per OTP and per verify.
+    #[arg(long, value_name = "PID", num_args = 1.., requires = "target")]
+    service_pid: Vec<u32>,
     /// RSS drift is measured from the first sample after this many seconds.
     #[arg(long, value_name = "SECS", default_value_t = 30.0)]
     rss_warmup: f64,
@@ -117,6 +120,7 @@ pub async fn run(config: Config, args: Args) -> anyhow::Result<()> {
             api_key: args.api_key.ok_or_else(|| anyhow::anyhow!("--target needs --api-key"))?,
             fake_carrier: args.fake_carrier,
             prefix: args.prefix.unwrap_or_else(|| config.broker.prefix.clone()),
+            service_pids: args.service_pid,
         }),
         None => None,
     };

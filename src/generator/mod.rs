@@ -10,6 +10,8 @@ mod issue;
 pub mod outbox;
 mod status;
 mod sweep;
+#[cfg(test)]
+mod tests;
 mod verify;
 
 pub use outbox::{BrokerOutbox, MemoryOutbox, Outbox, Sent};

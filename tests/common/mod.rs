@@ -2,6 +2,8 @@
 //! sled, a loopback fake carrier (wiremock) and the real RabbitMQ.
 #![allow(dead_code)]
 
+pub mod process;
+
 use futures_lite::StreamExt;
 use lapin::options::{
     BasicConsumeOptions, BasicGetOptions, ExchangeDeleteOptions, QueueBindOptions, QueueDeclareOptions,
