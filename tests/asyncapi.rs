@@ -22,6 +22,7 @@ use otp_pipeline::domain::{
     Code, CodeLength, Delivery, Event, EventKind, Limits, Phone, RawRequest, ReceiptMessage, RejectReason, Rejection,
     Reply, ReplyStatus, Templates,
 };
+use otp_pipeline::generator::outbox::encode_deliveries;
 use serde_json::{Value, json};
 use std::collections::BTreeSet;
 use std::sync::OnceLock;
@@ -588,6 +589,16 @@ fn deliveries_and_receipts_match() {
             }
         }
     }
+    // Coalesced under load: the bodies the generator's outbox publishes.
+    let batches: Vec<(String, Value)> = deliveries
+        .chunks(7)
+        .filter(|chunk| chunk.len() >= 2)
+        .map(|chunk| {
+            let body = encode_deliveries(&chunk.iter().map(|(_, d)| d).collect::<Vec<_>>());
+            (format!("{} deliveries from {}", chunk.len(), chunk[0].0), serde_json::from_slice(&body).unwrap())
+        })
+        .collect();
+    assert_all_valid("delivery batches", &payload("DeliveryBatch"), &batches);
     assert_all_valid("deliveries", &payload("Delivery"), &labelled(deliveries));
 
     let mut receipts = Vec::new();

@@ -4,6 +4,7 @@
 mod common;
 
 use common::{API_KEY, PHONE, TestEnv, code_in};
+use otp_pipeline::broker::Topology;
 use otp_pipeline::domain::{RawRequest, RejectReason, ReplyStatus};
 use serde_json::json;
 use wiremock::matchers::{header, method, path};
@@ -393,5 +394,55 @@ async fn each_api_key_has_a_request_rate() {
     assert_eq!(r.status(), 429);
     assert!(r.headers()["retry-after"].to_str().unwrap().parse::<u64>().unwrap() >= 1);
     assert_eq!(env.http.get(env.url("/healthz")).send().await.unwrap().status(), 200, "ops routes are not limited");
+    env.teardown().await;
+}
+
+/// Under load the generator coalesces deliveries into one message (a JSON
+/// array): a sender sends each, announces each, dead-letters alone the one a
+/// carrier refused for good, and acks the message.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_of_deliveries_is_sent_and_only_its_refused_delivery_is_dead_lettered() {
+    use otp_pipeline::domain::Delivery;
+    let env = TestEnv::start_bare().await;
+    let refused = "+14155550177";
+    let refuse = Mock::given(method("POST")).and(wiremock::matchers::body_partial_json(json!({ "to": refused })));
+    env.mount(refuse.respond_with(ResponseTemplate::new(400))).await;
+    env.accept_sms().await;
+    let mut events = env.event_tap().await;
+    let now = time::OffsetDateTime::now_utc();
+    let delivery = |id: &str, phone: &str| Delivery {
+        delivery_id: uuid::Uuid::new_v4().to_string(),
+        request_id: id.into(),
+        phone: phone.into(),
+        text: "Your code is 123456".into(),
+        code: "123456".into(),
+        expires_at: now + time::Duration::minutes(5),
+        requested_at: now,
+    };
+    let batch = [delivery("b-1", "+14155550171"), delivery("b-2", refused), delivery("b-3", "+14155550173")];
+    let body = otp_pipeline::generator::outbox::encode_deliveries(&batch.iter().collect::<Vec<_>>());
+    let (connection, channel) = common::open_channel().await;
+    let properties = lapin::BasicProperties::default().with_delivery_mode(2);
+    channel
+        .basic_publish(
+            env.topology.exchange.as_str().into(),
+            Topology::DELIVERY_KEY.into(),
+            Default::default(),
+            &body,
+            properties,
+        )
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    let _ = connection.close(200, "bye".into()).await;
+    events.expect("sent", "b-1").await;
+    events.expect("sent", "b-3").await;
+    assert!(events.expect("failed", "b-2").await.error.unwrap().contains("400"));
+    let dead = common::eventually(|| async { Some(env.dead_letters().await).filter(|d| !d.is_empty()) }).await.unwrap();
+    assert_eq!(dead.len(), 1, "only the refused delivery is dead-lettered");
+    let alone: Delivery = serde_json::from_slice(&dead[0].0).unwrap();
+    assert_eq!((alone.request_id.as_str(), dead[0].2.as_str()), ("b-2", "carrier_failed"));
+    assert_eq!(env.queue_depth(&env.topology.deliveries).await, 0, "the batch is acked");
     env.teardown().await;
 }

@@ -55,6 +55,16 @@ impl BrokerOutbox {
     }
 }
 
+/// The body of a message of the deliveries queue: one delivery as a JSON
+/// object, several as a JSON array (what senders decode).
+pub fn encode_deliveries(deliveries: &[&Delivery]) -> Vec<u8> {
+    match deliveries {
+        [one] => serde_json::to_vec(one),
+        many => serde_json::to_vec(many),
+    }
+    .expect("deliveries serialize")
+}
+
 /// Publishes waiting deliveries, as many per message as have queued up.
 async fn coalesce(broker: Arc<Broker>, mut waiting: mpsc::UnboundedReceiver<Waiting>) {
     let slots = Arc::new(Semaphore::new(DELIVERY_PUBLISHES_IN_FLIGHT));
@@ -69,11 +79,7 @@ async fn coalesce(broker: Arc<Broker>, mut waiting: mpsc::UnboundedReceiver<Wait
         }
         let broker = broker.clone();
         tokio::spawn(async move {
-            let body = match batch.as_slice() {
-                [(one, _)] => serde_json::to_vec(one),
-                many => serde_json::to_vec(&many.iter().map(|(d, _)| d).collect::<Vec<_>>()),
-            }
-            .expect("deliveries serialize");
+            let body = encode_deliveries(&batch.iter().map(|(d, _)| d).collect::<Vec<_>>());
             let exchange = broker.topology().exchange.clone();
             let result = broker.publish(&exchange, Topology::DELIVERY_KEY, &body, json_properties(), true).await;
             let result = result.map_err(Arc::new);

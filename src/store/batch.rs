@@ -67,10 +67,17 @@ impl<'a> Batch<'a> {
         self.get_raw(tree, key)?.map(|bytes| decode(key, &bytes)).transpose()
     }
 
-    /// The keys sled holds in `tree` (this batch's own additions are not
-    /// among them; read each key's current value with [`Batch::get`]).
-    pub fn sled_keys(&self, tree: TreeId) -> impl Iterator<Item = Result<sled::IVec, StoreError>> + use<> {
-        self.trees.get(tree).iter().keys().map(|k| k.map_err(StoreError::from))
+    /// The keys sled holds in `tree` after `after` (all with `None`), in
+    /// order; this batch's own additions are not among them (read each key's
+    /// current value with [`Batch::get`]).
+    pub fn sled_keys(
+        &self,
+        tree: TreeId,
+        after: Option<&[u8]>,
+    ) -> impl Iterator<Item = Result<sled::IVec, StoreError>> + use<> {
+        use std::ops::Bound;
+        let start = after.map_or(Bound::Unbounded, |k| Bound::Excluded(k.to_vec()));
+        self.trees.get(tree).range::<Vec<u8>, _>((start, Bound::Unbounded)).keys().map(|k| k.map_err(StoreError::from))
     }
 
     /// Stages `value` under `key`.

@@ -14,6 +14,7 @@ fn open_policies() -> Policies {
     let mut p = Policies::default();
     p.send.resend_cooldown_secs = 0;
     p.send.max_per_window = 0;
+    p.pumping.prefix_digits = 0;
     p
 }
 
@@ -504,4 +505,27 @@ proptest! {
     ) {
         run_history(steps);
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sweep_larger_than_one_slice_goes_on_where_it_stopped() {
+    let (_d, w) = setup();
+    let now = OffsetDateTime::now_utc();
+    let issues: Vec<_> = (0..1_100)
+        .map(|i| {
+            let (w, req) = (w.clone(), request_to(&format!("big-{i}"), &format!("+1415556{:04}", i)));
+            tokio::spawn(async move { issue(&w, &req, now).await })
+        })
+        .collect();
+    for i in issues {
+        i.await.unwrap();
+    }
+    let keys = w.store().len();
+    assert!(keys > super::sweep::SWEEP_SLICE, "{keys} keys: more than one slice");
+    let later = now + Duration::minutes(6);
+    let report = w.sweep(later, Duration::hours(24)).await.unwrap();
+    assert_eq!(report.expired.len(), 1_100, "every expired code, across slices");
+    let report = w.sweep(later + Duration::hours(24), Duration::hours(24)).await.unwrap();
+    assert_eq!(report.requests, 1_100);
+    assert!(w.store().is_empty());
 }

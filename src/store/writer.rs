@@ -14,7 +14,7 @@
 
 use super::apply::{self, CancelOutcome, IssueOutcome, IssueStep, Rules, StatusApplied, StatusUpdate, Verified};
 use super::batch::Batch;
-use super::sweep::sweep;
+use super::sweep::{SWEEP_SLICE, SweepCursor, SweepRules, sweep};
 use super::{Store, StoreError, SweepReport, Trees};
 use crate::domain::limits::Policies;
 use crate::domain::{Code, KeyRing, Phone, ValidRequest};
@@ -41,15 +41,46 @@ pub struct WriterSettings {
 type Answer<T> = oneshot::Sender<Result<T, StoreError>>;
 
 enum Command {
-    Issue { request: Box<ValidRequest>, now: OffsetDateTime, answer: Answer<IssueOutcome> },
-    Queued { request_id: String },
-    Release { request_id: String },
-    Status { update: StatusUpdate, answer: Answer<StatusApplied> },
-    Verify { phone: Phone, code: Code, now: OffsetDateTime, answer: Answer<Verified> },
-    Cancel { request_id: String, now: OffsetDateTime, answer: Answer<CancelOutcome> },
-    Sweep { now: OffsetDateTime, retention: time::Duration, answer: Answer<SweepReport> },
-    LiftQuarantine { prefix: String, now: OffsetDateTime, answer: Answer<bool> },
-    Flush { answer: Answer<()> },
+    Issue {
+        request: Box<ValidRequest>,
+        now: OffsetDateTime,
+        answer: Answer<IssueOutcome>,
+    },
+    Queued {
+        request_id: String,
+    },
+    Release {
+        request_id: String,
+    },
+    Status {
+        update: StatusUpdate,
+        answer: Answer<StatusApplied>,
+    },
+    Verify {
+        phone: Phone,
+        code: Code,
+        now: OffsetDateTime,
+        answer: Answer<Verified>,
+    },
+    Cancel {
+        request_id: String,
+        now: OffsetDateTime,
+        answer: Answer<CancelOutcome>,
+    },
+    Sweep {
+        now: OffsetDateTime,
+        retention: time::Duration,
+        cursor: SweepCursor,
+        answer: Answer<(SweepReport, Option<SweepCursor>)>,
+    },
+    LiftQuarantine {
+        prefix: String,
+        now: OffsetDateTime,
+        answer: Answer<bool>,
+    },
+    Flush {
+        answer: Answer<()>,
+    },
 }
 
 struct Envelope {
@@ -146,9 +177,16 @@ impl Writer {
         self.call(|answer| Command::Cancel { request_id, now, answer }).await
     }
 
-    /// Removes what has run its course (see [`SweepReport`]).
+    /// Removes what has run its course (see [`SweepReport`]), one slice of
+    /// keys per command, so other commands go on between slices.
     pub async fn sweep(&self, now: OffsetDateTime, retention: time::Duration) -> Result<SweepReport, StoreError> {
-        self.call(|answer| Command::Sweep { now, retention, answer }).await
+        let (mut report, mut cursor) = (SweepReport::default(), Some(SweepCursor::default()));
+        while let Some(from) = cursor.take() {
+            let (slice, next) = self.call(|answer| Command::Sweep { now, retention, cursor: from, answer }).await?;
+            report.add(slice);
+            cursor = next;
+        }
+        Ok(report)
     }
 
     /// Lifts the quarantine of `prefix`; whether one was in force.
@@ -259,8 +297,9 @@ impl WriterLoop {
             Command::Cancel { request_id, now, answer } => {
                 later(done, answer, kept(b, |b| apply::cancel(b, &request_id, now)))
             }
-            Command::Sweep { now, retention, answer } => {
-                later(done, answer, kept(b, |b| sweep(b, now, retention, &self.rules.policies)))
+            Command::Sweep { now, retention, cursor, answer } => {
+                let rules = SweepRules { now, retention, policies: &self.rules.policies };
+                later(done, answer, kept(b, |b| sweep(b, &rules, cursor, SWEEP_SLICE)))
             }
             Command::LiftQuarantine { prefix, now, answer } => {
                 later(done, answer, kept(b, |b| apply::lift_quarantine(b, &prefix, now)))
