@@ -124,6 +124,7 @@ impl GeneratorApp {
             policies: policy.guards.clone(),
             max_attempts: policy.max_attempts,
             queue: WRITER_QUEUE,
+            commit_window: std::time::Duration::from_micros(config.store.commit_window_us.min(100_000)),
         };
         let writer = Writer::start(store, settings)?;
         let outbox = BrokerOutbox::new(broker.clone());

@@ -726,6 +726,9 @@ pub struct CpuUse {
     pub seconds: f64,
     /// Wall-clock seconds of the phase.
     pub wall: f64,
+    /// Context switches of the process's threads in the phase (voluntary and
+    /// not; threads that ended during it are not counted).
+    pub switches: u64,
 }
 
 impl CpuUse {
@@ -746,9 +749,28 @@ fn cpu_seconds(pid: Option<u32>) -> Option<f64> {
     Some(ticks as f64 / 100.0)
 }
 
+/// Context switches so far of every thread of `pid` (None: this process).
+fn context_switches(pid: Option<u32>) -> u64 {
+    let dir = pid.map_or_else(|| "/proc/self/task".to_owned(), |p| format!("/proc/{p}/task"));
+    let Ok(tasks) = std::fs::read_dir(dir) else { return 0 };
+    let mut total = 0;
+    for task in tasks.flatten() {
+        let Ok(status) = std::fs::read_to_string(task.path().join("status")) else { continue };
+        for line in status.lines() {
+            if let Some(n) = line
+                .strip_prefix("voluntary_ctxt_switches:")
+                .or_else(|| line.strip_prefix("nonvoluntary_ctxt_switches:"))
+            {
+                total += n.trim().parse::<u64>().unwrap_or(0);
+            }
+        }
+    }
+    total
+}
+
 /// Measures the CPU time of some processes from [`CpuMeter::start`] on.
 struct CpuMeter {
-    sources: Vec<(String, Option<u32>, f64)>,
+    sources: Vec<(String, Option<u32>, f64, u64)>,
     started: Instant,
 }
 
@@ -760,14 +782,16 @@ impl CpuMeter {
         } else {
             pids.iter().map(|p| (format!("pid {p}"), Some(*p))).collect()
         };
-        let sources = sources.into_iter().filter_map(|(l, p)| Some((l, p, cpu_seconds(p)?))).collect();
+        let sources =
+            sources.into_iter().filter_map(|(l, p)| Some((l, p, cpu_seconds(p)?, context_switches(p)))).collect();
         Self { sources, started: Instant::now() }
     }
 
     fn stop(self) -> Vec<CpuUse> {
         let wall = self.started.elapsed().as_secs_f64();
-        let used = |(label, pid, start): (String, Option<u32>, f64)| {
-            Some(CpuUse { label, seconds: cpu_seconds(pid)? - start, wall })
+        let used = |(label, pid, start, switched): (String, Option<u32>, f64, u64)| {
+            let switches = context_switches(pid).saturating_sub(switched);
+            Some(CpuUse { label, seconds: cpu_seconds(pid)? - start, wall, switches })
         };
         self.sources.into_iter().filter_map(used).collect()
     }
@@ -932,12 +956,14 @@ impl std::fmt::Display for BenchReport {
         for c in &self.cpu_load {
             writeln!(
                 f,
-                "| service CPU per OTP, load phase ({}) | {:.0} µs ({:.2} CPU s ÷ {} delivered; {:.0} % of a core) |",
+                "| service CPU per OTP, load phase ({}) | {:.0} µs ({:.2} CPU s ÷ {} delivered; {:.0} % of a core; \
+                 {:.1} context switches per OTP) |",
                 c.label,
                 c.micros_per(delivered),
                 c.seconds,
                 thousands(delivered as u64),
-                100.0 * c.seconds / c.wall.max(1e-9)
+                100.0 * c.seconds / c.wall.max(1e-9),
+                c.switches as f64 / delivered.max(1) as f64
             )?;
         }
         if let Some(v) = &self.verify {

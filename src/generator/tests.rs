@@ -27,7 +27,8 @@ fn fixture_with(topology: Topology) -> Fixture {
     };
     let keys = KeyRing::new(DigestKey::new(vec![5; 32]).unwrap(), vec![]);
     let store = Store::open(dir.path()).unwrap();
-    let settings = WriterSettings { keys, policies: guards, max_attempts: 3, queue: 64 };
+    let settings =
+        WriterSettings { keys, policies: guards, max_attempts: 3, queue: 64, commit_window: std::time::Duration::ZERO };
     let writer = Writer::start(store, settings).unwrap();
     let outbox = MemoryOutbox::new();
     let clock: Arc<dyn Clock> = Arc::new(ManualClock::new());

@@ -22,10 +22,24 @@ fn keys() -> KeyRing {
     KeyRing::new(DigestKey::new(vec![9; 32]).unwrap(), vec![])
 }
 
+fn settings(keys: KeyRing) -> WriterSettings {
+    let commit_window = std::time::Duration::ZERO;
+    WriterSettings { keys, policies: open_policies(), max_attempts: 5, queue: 64, commit_window }
+}
+
 fn start(dir: &std::path::Path, keys: KeyRing) -> Writer {
-    let store = Store::open(dir).unwrap();
-    let settings = WriterSettings { keys, policies: open_policies(), max_attempts: 5, queue: 64 };
-    Writer::start(store, settings).unwrap()
+    Writer::start(Store::open(dir).unwrap(), settings(keys)).unwrap()
+}
+
+/// Opens the store again once the previous writer let go of sled's lock.
+async fn reopen_with(dir: &std::path::Path, keys: KeyRing) -> Writer {
+    for _ in 0..200 {
+        if let Ok(store) = Store::open(dir) {
+            return Writer::start(store, settings(keys)).unwrap();
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    panic!("the store did not reopen");
 }
 
 fn setup() -> (tempfile::TempDir, Writer) {
@@ -132,7 +146,6 @@ async fn after_a_restart_an_unqueued_request_gets_the_same_code() {
         w.flush().await.unwrap();
         issued
     };
-    // Give the old writer's threads a moment to let go of sled's lock.
     let w = reopen(dir.path()).await;
     let again = issue(&w, &req, now).await;
     assert!(again.reissued, "found issued but never queued");
@@ -142,14 +155,7 @@ async fn after_a_restart_an_unqueued_request_gets_the_same_code() {
 }
 
 async fn reopen(dir: &std::path::Path) -> Writer {
-    for _ in 0..200 {
-        if let Ok(store) = Store::open(dir) {
-            let settings = WriterSettings { keys: keys(), policies: open_policies(), max_attempts: 5, queue: 64 };
-            return Writer::start(store, settings).unwrap();
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-    }
-    panic!("the store did not reopen");
+    reopen_with(dir, keys()).await
 }
 
 #[tokio::test]
@@ -256,24 +262,12 @@ async fn codes_issued_before_a_key_rotation_still_verify() {
         c
     };
     let rotated = KeyRing::new(DigestKey::new(vec![7; 32]).unwrap(), vec![old.current().clone()]);
-    let w = loop {
-        if let Ok(store) = Store::open(dir.path()) {
-            let settings = WriterSettings { keys: rotated, policies: open_policies(), max_attempts: 5, queue: 64 };
-            break Writer::start(store, settings).unwrap();
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-    };
+    let w = reopen_with(dir.path(), rotated).await;
     assert_eq!(verify(&w, &req, &c1, now).await, "approved");
     drop(w);
     // Once the old key is dropped, its codes no longer verify.
     let dropped = KeyRing::new(DigestKey::new(vec![7; 32]).unwrap(), vec![]);
-    let w = loop {
-        if let Ok(store) = Store::open(dir.path()) {
-            let settings = WriterSettings { keys: dropped, policies: open_policies(), max_attempts: 5, queue: 64 };
-            break Writer::start(store, settings).unwrap();
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-    };
+    let w = reopen_with(dir.path(), dropped).await;
     assert_eq!(verify(&w, &req2, &c2, now).await, "invalid_code");
 }
 

@@ -1,9 +1,10 @@
 //! The store's one writer: a thread that owns sled's write side. Every state
 //! change arrives as a command over a bounded queue; the writer takes every
 //! command waiting, applies them in order to one [`Batch`], commits the batch
-//! in one sled transaction, and hands it to a flusher thread that fsyncs once
-//! for every batch waiting (group commit). Only after that flush is each
-//! command answered, so an answer is always durable.
+//! in one sled transaction and fsyncs once for all of it (group commit: the
+//! commands that arrive during a flush make the next batch, and a batch that
+//! will be flushed waits up to `commit_window` for more). Only after that
+//! flush is each command answered, so an answer is always durable.
 //!
 //! The writer also knows which request ids are in flight in this process
 //! (issued, delivery not yet confirmed): a copy of one waits for its twin's
@@ -20,8 +21,10 @@ use crate::domain::limits::Policies;
 use crate::domain::{Code, KeyRing, Phone, ValidRequest};
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
 use time::OffsetDateTime;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
 
 /// Commands the writer takes in one batch at the most.
 const MAX_BATCH: usize = 512;
@@ -36,6 +39,9 @@ pub struct WriterSettings {
     pub max_attempts: u8,
     /// Commands that may wait for the writer before callers wait to send.
     pub queue: usize,
+    /// How long a batch that must be flushed waits for more commands to
+    /// share its fsync (zero: flush at once).
+    pub commit_window: Duration,
 }
 
 type Answer<T> = oneshot::Sender<Result<T, StoreError>>;
@@ -93,7 +99,7 @@ struct Envelope {
 /// handle is dropped, after committing and flushing what it took.
 #[derive(Clone)]
 pub struct Writer {
-    commands: mpsc::UnboundedSender<Envelope>,
+    commands: mpsc::Sender<Envelope>,
     room: Arc<Semaphore>,
     store: Store,
 }
@@ -103,21 +109,17 @@ fn gone() -> StoreError {
 }
 
 impl Writer {
-    /// Starts the writer (and its flusher) over `store`.
+    /// Starts the writer over `store`.
     pub fn start(store: Store, settings: WriterSettings) -> Result<Self, StoreError> {
-        let (commands, inbox) = mpsc::unbounded_channel();
-        let (flushes, flusher) = std::sync::mpsc::channel();
-        let db = store.trees.db.clone();
-        std::thread::Builder::new()
-            .name("store-flusher".into())
-            .spawn(move || run_flusher(&db, &flusher))
-            .map_err(|e| StoreError::Flush(e.to_string()))?;
+        let (commands, inbox) = mpsc::channel();
+        let window = settings.commit_window;
         let rules = Rules { keys: settings.keys, policies: settings.policies, max_attempts: settings.max_attempts };
         let trees = store.trees.clone();
         std::thread::Builder::new()
             .name("store-writer".into())
             .spawn(move || {
-                WriterLoop { trees, rules, in_flight: HashMap::new(), flushes, force_flush: false }.run(inbox)
+                WriterLoop { trees, rules, in_flight: HashMap::new(), must_flush: false, force_flush: false, window }
+                    .run(&inbox)
             })
             .map_err(|e| StoreError::Flush(e.to_string()))?;
         Ok(Self { commands, room: Arc::new(Semaphore::new(settings.queue.max(1))), store })
@@ -213,53 +215,72 @@ fn later<T: Send + 'static>(done: &mut Vec<Done>, answer: Answer<T>, value: Resu
     }));
 }
 
-/// What the flusher gets for each batch: whether it wrote anything (or a
-/// flush was asked for; `Err` if the commit itself failed), and its answers.
-type Flushed = (Result<bool, StoreError>, Vec<Done>);
-
 struct WriterLoop {
     trees: Trees,
     rules: Rules,
     /// Request ids issued by this process whose delivery is not yet
     /// confirmed, each with the copies waiting for its outcome.
     in_flight: HashMap<String, Vec<Answer<IssueOutcome>>>,
-    flushes: std::sync::mpsc::Sender<Flushed>,
+    /// The current batch holds a command whose answer must be durable (any
+    /// but the `Queued` and `Release` notes: a lost "queued" mark costs at most
+    /// one more SMS of the same code, so it rides on the next flush).
+    must_flush: bool,
     /// A `Flush` command is in the current batch.
     force_flush: bool,
+    /// See [`WriterSettings::commit_window`].
+    window: Duration,
 }
 
 impl WriterLoop {
-    fn run(mut self, mut inbox: mpsc::UnboundedReceiver<Envelope>) {
-        while let Some(first) = inbox.blocking_recv() {
+    fn run(mut self, inbox: &mpsc::Receiver<Envelope>) {
+        while let Ok(first) = inbox.recv() {
             let trees = self.trees.clone();
             let mut batch = Batch::new(&trees);
             let (mut done, mut issued) = (Vec::new(), Vec::new());
+            let deadline = Instant::now() + self.window;
             let mut next = Some(first);
             let mut taken = 0;
             while let Some(envelope) = next.take() {
                 self.apply(&mut batch, envelope.command, &mut done, &mut issued);
                 taken += 1;
                 if taken < MAX_BATCH {
-                    next = inbox.try_recv().ok();
+                    next = self.next_command(inbox, deadline);
                 }
             }
-            let forced = std::mem::take(&mut self.force_flush);
-            let committed = batch.commit().map(|changes| forced || !changes.is_empty());
-            if committed.is_err() {
-                // Nothing of this batch is stored: its issues are not in flight.
+            let (must, force) = (std::mem::take(&mut self.must_flush), std::mem::take(&mut self.force_flush));
+            let durable = batch.commit().and_then(|changes| {
+                if force || must && !changes.is_empty() {
+                    trees.db.flush().map(drop).map_err(StoreError::from)
+                } else {
+                    Ok(())
+                }
+            });
+            if durable.is_err() {
+                // Nothing of this batch is known to be stored: its issues are not in flight.
                 for id in issued {
                     for waiter in self.in_flight.remove(&id).unwrap_or_default() {
                         let _ = waiter.send(Ok(IssueOutcome::InProgress));
                     }
                 }
             }
-            if self.flushes.send((committed, done)).is_err() {
-                return;
+            for answer in done {
+                answer(durable.as_ref().err());
             }
         }
     }
 
+    /// The next command of this batch: one already waiting, or, once the
+    /// batch must be flushed, one that arrives before `deadline`.
+    fn next_command(&self, inbox: &mpsc::Receiver<Envelope>, deadline: Instant) -> Option<Envelope> {
+        if let Ok(waiting) = inbox.try_recv() {
+            return Some(waiting);
+        }
+        let left = deadline.checked_duration_since(Instant::now())?;
+        (self.must_flush && !left.is_zero()).then(|| inbox.recv_timeout(left).ok()).flatten()
+    }
+
     fn apply(&mut self, b: &mut Batch<'_>, command: Command, done: &mut Vec<Done>, issued: &mut Vec<String>) {
+        self.must_flush |= !matches!(command, Command::Queued { .. } | Command::Release { .. });
         match command {
             Command::Issue { request, now, answer } => {
                 let in_flight = self.in_flight.contains_key(&request.request_id);
@@ -306,6 +327,7 @@ impl WriterLoop {
             }
             Command::Flush { answer } => {
                 self.force_flush = true;
+                self.must_flush = true;
                 later(done, answer, Ok(()))
             }
         }
@@ -323,20 +345,4 @@ fn kept<'t, T>(
         Err(_) => b.drop_staged(),
     }
     result
-}
-
-/// Flushes once for every batch waiting, then answers their commands.
-fn run_flusher(db: &sled::Db, batches: &std::sync::mpsc::Receiver<Flushed>) {
-    while let Ok(first) = batches.recv() {
-        let mut waiting = vec![first];
-        waiting.extend(batches.try_iter());
-        let wrote = waiting.iter().any(|(committed, _)| matches!(committed, Ok(true)));
-        let flushed = if wrote { db.flush().map(drop).map_err(StoreError::from) } else { Ok(()) };
-        for (committed, done) in waiting {
-            let failed = committed.as_ref().err().or(flushed.as_ref().err());
-            for answer in done {
-                answer(failed);
-            }
-        }
-    }
 }
