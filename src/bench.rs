@@ -1202,7 +1202,16 @@ async fn run_in_process(base: &Config, options: BenchOptions) -> Result<BenchRep
         "in-process all-in-one (prefix {prefix}, temp sled; fake carriers: twilio, vonage as failover; \
          send limits and pumping guard off)"
     );
-    Ok(report(options, mode, published, outcomes, Some(primary_errors), verify, rss, [cpu_load, cpu_verify]))
+    let measured = Measured { verify, rss, cpu_load, cpu_verify };
+    Ok(report(options, mode, published, outcomes, Some(primary_errors), measured))
+}
+
+/// What a run measured besides delivery: the verify phase, RSS and CPU.
+struct Measured {
+    verify: Option<VerifyReport>,
+    rss: Vec<RssSeries>,
+    cpu_load: Vec<CpuUse>,
+    cpu_verify: Vec<CpuUse>,
 }
 
 fn report(
@@ -1211,11 +1220,9 @@ fn report(
     published: Published,
     outcomes: Outcomes,
     primary_errors: Option<usize>,
-    verify: Option<VerifyReport>,
-    rss: Vec<RssSeries>,
-    cpu: [Vec<CpuUse>; 2],
+    measured: Measured,
 ) -> BenchReport {
-    let [cpu_load, cpu_verify] = cpu;
+    let Measured { verify, rss, cpu_load, cpu_verify } = measured;
     let span_us = outcomes.last_sent_us.saturating_sub(published.first_us).max(1);
     BenchReport {
         mode,
@@ -1324,7 +1331,7 @@ async fn run_target(base: &Config, options: BenchOptions, target: Target) -> Res
         target.prefix,
         target.fake_carrier.as_deref().unwrap_or("none (no verify phase)")
     );
-    Ok(report(options, mode, published, outcomes, None, verify, rss, [cpu_load, cpu_verify]))
+    Ok(report(options, mode, published, outcomes, None, Measured { verify, rss, cpu_load, cpu_verify }))
 }
 
 async fn cleanup(url: &str, t: &Topology) {

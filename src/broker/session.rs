@@ -36,6 +36,10 @@ pub struct Broker {
     prefetch: u16,
     topology: Topology,
     publisher: RwLock<Option<Channel>>,
+    /// The connection the publisher channel belongs to (to reopen it).
+    connection: RwLock<Option<Arc<Connection>>>,
+    /// Held while a closed publisher channel is being replaced.
+    reopening: tokio::sync::Mutex<()>,
     connected: AtomicBool,
     connected_notify: tokio::sync::Notify,
 }
@@ -74,6 +78,8 @@ impl Broker {
                 .quorum(config.queue_type == "quorum")
                 .sharded(shard, config.shards),
             publisher: RwLock::new(None),
+            connection: RwLock::new(None),
+            reopening: tokio::sync::Mutex::new(()),
             connected: AtomicBool::new(false),
             connected_notify: tokio::sync::Notify::new(),
         })
@@ -84,9 +90,41 @@ impl Broker {
         &self.topology
     }
 
-    /// Whether a connection is up and the topology declared.
+    /// Whether a connection is up, the topology declared and the publisher
+    /// channel open (the broker closes a channel on a channel-level error:
+    /// until it is reopened this process cannot publish, so it is not ready).
     pub fn is_connected(&self) -> bool {
-        self.connected.load(Ordering::SeqCst)
+        let publishing = self.publisher.read().expect("publisher lock").as_ref().is_some_and(|c| {
+            let status = c.status();
+            status.connected() || status.initializing()
+        });
+        self.connected.load(Ordering::SeqCst) && publishing
+    }
+
+    /// The publisher channel, reopened on the same connection if the broker
+    /// closed it (e.g. `PRECONDITION_FAILED` for one bad publish).
+    async fn publisher(&self) -> Result<Channel, BrokerError> {
+        let current = || self.publisher.read().expect("publisher lock").clone().ok_or(BrokerError::NotConnected);
+        let channel = current()?;
+        let usable = |c: &Channel| c.status().connected() || c.status().initializing();
+        if usable(&channel) {
+            return Ok(channel);
+        }
+        let _one_at_a_time = self.reopening.lock().await;
+        let channel = current()?;
+        if usable(&channel) {
+            return Ok(channel); // Another task reopened it meanwhile.
+        }
+        let connection = self.connection.read().expect("connection lock").clone().ok_or(BrokerError::NotConnected)?;
+        let fresh = connection.create_channel().await?;
+        fresh.confirm_select(ConfirmSelectOptions::default()).await?;
+        tracing::warn!("the broker closed the publishing channel; reopened it");
+        metrics::counter!(names::BROKER_RECONNECTS).increment(1);
+        *self.publisher.write().expect("publisher lock") = Some(fresh.clone());
+        // A channel opened on it: the connection is up (lapin may have
+        // reported the channel's error as the connection's).
+        self.set_connected(true);
+        Ok(fresh)
     }
 
     /// Waits until connected, at most `timeout`. Returns whether it is.
@@ -105,6 +143,9 @@ impl Broker {
 
     fn set_publisher(&self, channel: Option<Channel>) {
         let up = channel.is_some();
+        if !up {
+            *self.connection.write().expect("connection lock") = None;
+        }
         *self.publisher.write().expect("publisher lock") = channel;
         self.set_connected(up);
     }
@@ -125,17 +166,28 @@ impl Broker {
         properties: BasicProperties,
         mandatory: bool,
     ) -> Result<(), BrokerError> {
-        let channel = self.publisher.read().expect("publisher lock").clone().ok_or(BrokerError::NotConnected)?;
+        let channel = self.publisher().await?;
         // Just after lapin recovered the connection, the channel may still be reopening.
         wait_until_open(&channel, RECOVERY_GRACE).await;
         let options = BasicPublishOptions { mandatory, ..Default::default() };
-        let confirm =
-            channel.basic_publish(exchange.into(), routing_key.into(), options, body, properties).await?.await?;
-        match confirm {
-            Confirmation::Ack(None) | Confirmation::NotRequested => Ok(()),
-            Confirmation::Ack(Some(_)) => Err(BrokerError::NotConfirmed("no queue is bound for it")),
-            Confirmation::Nack(_) => Err(BrokerError::NotConfirmed("nack")),
+        let published = async {
+            let confirm =
+                channel.basic_publish(exchange.into(), routing_key.into(), options, body, properties).await?.await?;
+            match confirm {
+                Confirmation::Ack(None) | Confirmation::NotRequested => Ok(()),
+                Confirmation::Ack(Some(_)) => Err(BrokerError::NotConfirmed("no queue is bound for it")),
+                Confirmation::Nack(_) => Err(BrokerError::NotConfirmed("nack")),
+            }
         }
+        .await;
+        if published.is_err() && !channel.status().connected() && !channel.status().initializing() {
+            // The broker closed the channel over this publish: reopen it now,
+            // not at the next publish (readiness depends on it).
+            if let Err(e) = self.publisher().await {
+                tracing::warn!(error = %e, "could not reopen the publishing channel");
+            }
+        }
+        published
     }
 
     /// Serializes `value` as JSON and publishes it persistently with a confirm.
@@ -160,13 +212,14 @@ impl Broker {
         self.publish_json(&self.topology.exchange, routing_key, value, mandatory).await
     }
 
-    async fn open(&self) -> Result<Connection, BrokerError> {
+    async fn open(&self) -> Result<Arc<Connection>, BrokerError> {
         let properties =
             ConnectionProperties::default().with_connection_name(self.name.as_str().into()).enable_auto_recover();
-        let connection = Connection::connect(&self.url, properties).await?;
+        let connection = Arc::new(Connection::connect(&self.url, properties).await?);
         let publisher = connection.create_channel().await?;
         publisher.confirm_select(ConfirmSelectOptions::default()).await?;
         self.topology.declare(&publisher).await?;
+        *self.connection.write().expect("connection lock") = Some(connection.clone());
         self.set_publisher(Some(publisher));
         Ok(connection)
     }
@@ -351,6 +404,7 @@ impl Broker {
         error: &str,
     ) -> Result<(), BrokerError> {
         metrics::counter!(names::DEAD_LETTERS, "reason" => reason).increment(1);
+        let error = bounded(error, MAX_ERROR_BYTES);
         tracing::warn!(reason, error = %error, routing_key, "dead-lettering a message");
         let mut headers = properties.headers().clone().unwrap_or_default();
         headers.insert(ShortString::from(Topology::ERROR_HEADER), AMQPValue::LongString(LongString::from(error)));
@@ -368,7 +422,7 @@ impl Broker {
                 delivery.nack(BasicNackOptions { requeue: true, ..Default::default() }).await
             }
             Disposition::DeadLetter { reason, error } => {
-                let properties = delivery.properties.clone();
+                let properties = dead_letter_properties(&delivery.properties);
                 match self
                     .dead_letter_with(delivery.routing_key.as_str(), &delivery.data, properties, reason, &error)
                     .await
@@ -387,6 +441,74 @@ impl Broker {
             // every handler is idempotent.
             tracing::warn!(error = %e, "could not settle a message; it will be redelivered");
         }
+    }
+}
+
+/// Headers of a message larger than this (as encoded, about) are not copied
+/// into its dead-lettered copy: the copy must fit one frame with our own
+/// headers added, whatever the sender put in.
+pub const MAX_COPIED_HEADER_BYTES: usize = 8 * 1024;
+
+/// The properties a dead-lettered copy keeps of the original: its content
+/// type and encoding, ids, timestamp and type, and its headers if small.
+/// Never `user_id` (RabbitMQ checks it against the user who publishes the
+/// copy), `expiration` (the copy must not vanish), `priority` or `reply_to`.
+pub fn dead_letter_properties(original: &BasicProperties) -> BasicProperties {
+    let mut copy = json_properties();
+    if let Some(v) = original.content_type() {
+        copy = copy.with_content_type(v.clone());
+    }
+    if let Some(v) = original.content_encoding() {
+        copy = copy.with_content_encoding(v.clone());
+    }
+    if let Some(v) = original.correlation_id() {
+        copy = copy.with_correlation_id(v.clone());
+    }
+    if let Some(v) = original.message_id() {
+        copy = copy.with_message_id(v.clone());
+    }
+    if let Some(v) = original.timestamp() {
+        copy = copy.with_timestamp(*v);
+    }
+    if let Some(v) = original.kind() {
+        copy = copy.with_type(v.clone());
+    }
+    let mut headers = FieldTable::default();
+    if let Some(original) = original.headers() {
+        if table_bytes(original) <= MAX_COPIED_HEADER_BYTES {
+            headers = original.clone();
+        } else {
+            headers.insert(ShortString::from(Topology::HEADERS_DROPPED_HEADER), AMQPValue::Boolean(true));
+        }
+    }
+    copy.with_headers(headers)
+}
+
+/// Longest `x-otp-error` text.
+const MAX_ERROR_BYTES: usize = 1024;
+
+/// `text` cut to at most `max` bytes, on a character boundary.
+fn bounded(text: &str, max: usize) -> &str {
+    let mut end = text.len().min(max);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
+}
+
+/// About how many bytes `table` takes on the wire.
+fn table_bytes(table: &FieldTable) -> usize {
+    table.inner().iter().map(|(k, v)| 1 + k.as_str().len() + value_bytes(v)).sum::<usize>() + 4
+}
+
+fn value_bytes(value: &AMQPValue) -> usize {
+    1 + match value {
+        AMQPValue::ShortString(s) => 1 + s.as_str().len(),
+        AMQPValue::LongString(s) => 4 + s.as_bytes().len(),
+        AMQPValue::ByteArray(b) => 4 + b.as_slice().len(),
+        AMQPValue::FieldTable(t) => table_bytes(t),
+        AMQPValue::FieldArray(a) => 4 + a.as_slice().iter().map(value_bytes).sum::<usize>(),
+        _ => 8,
     }
 }
 

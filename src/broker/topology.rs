@@ -45,6 +45,8 @@ impl Topology {
     pub const ERROR_HEADER: &'static str = "x-otp-error";
     /// Header carrying the dead-letter reason code.
     pub const REASON_HEADER: &'static str = "x-otp-reason";
+    /// Set on a dead letter whose original headers were too large to copy.
+    pub const HEADERS_DROPPED_HEADER: &'static str = "x-otp-headers-dropped";
 
     /// Names under `prefix` (empty for the contract's defaults).
     /// `queue_expires_ms` (tests only) lets idle queues delete themselves,

@@ -473,3 +473,29 @@ pub fn vonage(base_url: &str, sender_url: &str) -> VonageConfig {
 pub fn route(entries: &[(&str, u32)]) -> Vec<RouteEntry> {
     entries.iter().map(|(c, w)| RouteEntry::Weighted { carrier: (*c).into(), weight: *w }).collect()
 }
+
+/// The RabbitMQ user a restricted producer gets, as the README's trust
+/// boundaries describe it: write on the public exchange (`otp`, under any
+/// prefix) and nothing else — no configure, no read.
+pub const PRODUCER_USER: &str = "otp-test-producer";
+
+/// An AMQP URL as that producer user (created with `rabbitmqctl` once per
+/// test process; the broker must run on this machine).
+pub fn producer_url() -> String {
+    static READY: std::sync::OnceLock<()> = std::sync::OnceLock::new();
+    const PASSWORD: &str = "producer-secret-0123456789";
+    READY.get_or_init(|| {
+        let ctl = |args: &[&str]| {
+            let out = std::process::Command::new("rabbitmqctl").args(args).output().expect("run rabbitmqctl");
+            (out.status.success(), String::from_utf8_lossy(&out.stderr).into_owned())
+        };
+        let (added, error) = ctl(&["add_user", PRODUCER_USER, PASSWORD]);
+        if !added {
+            assert!(error.contains("already exists"), "rabbitmqctl add_user: {error}");
+            assert!(ctl(&["change_password", PRODUCER_USER, PASSWORD]).0, "rabbitmqctl change_password");
+        }
+        let (set, error) = ctl(&["set_permissions", "-p", "/", PRODUCER_USER, "^$", "^(.*\\.)?otp$", "^$"]);
+        assert!(set, "rabbitmqctl set_permissions: {error}");
+    });
+    format!("amqp://{PRODUCER_USER}:{PASSWORD}@127.0.0.1:5672/%2f")
+}
