@@ -952,6 +952,17 @@ impl std::fmt::Display for BenchReport {
             )?;
             writeln!(f, "| verify round trip p50 / p90 / p99 / p99.9 / max | {} |", fmt_percentiles(&v.latency_us))?;
         }
+        self.fmt_cpu(f)?;
+        for s in &self.rss {
+            writeln!(f, "{s}")?;
+        }
+        Ok(())
+    }
+}
+
+impl BenchReport {
+    /// The CPU rows: per OTP over the load phase, per verification over the verify phase.
+    fn fmt_cpu(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let delivered = self.delivered();
         for c in &self.cpu_load {
             writeln!(
@@ -978,14 +989,9 @@ impl std::fmt::Display for BenchReport {
                 )?;
             }
         }
-        for s in &self.rss {
-            writeln!(f, "{s}")?;
-        }
         Ok(())
     }
-}
 
-impl BenchReport {
     /// The time series: delivery per window of publish time, and the RSS samples.
     pub fn series(&self) -> String {
         let mut out = String::new();

@@ -426,7 +426,16 @@ fn operations_and_messages_are_the_applications_view() {
     // Messages: JSON, with a payload schema and AMQP bindings.
     assert_eq!(
         keys(at("/components/messages")),
-        set(["OtpRequest", "OtpReply", "OtpEvent", "StatusEvent", "Receipt", "Delivery", "DeadLetter"])
+        set([
+            "OtpRequest",
+            "OtpReply",
+            "OtpEvent",
+            "StatusEvent",
+            "Receipt",
+            "Delivery",
+            "DeliveryBatch",
+            "DeadLetter"
+        ])
     );
     let default_type = at("/defaultContentType");
     for (name, message) in at("/components/messages").as_object().unwrap() {
