@@ -52,6 +52,7 @@ const WRITER_QUEUE: usize = 8192;
 pub struct GeneratorApp {
     generator: Arc<Generator>,
     broker: Arc<Broker>,
+    edge: http::EdgeLimits,
     listener: TcpListener,
     router: axum::Router,
     created_api_key: Option<String>,
@@ -142,7 +143,19 @@ impl GeneratorApp {
         let router = http::api_router(state, metrics, config.http.max_body_bytes);
         let sweep_every = std::time::Duration::from_secs(config.store.sweep_interval_secs.max(1));
         let retention = time::Duration::seconds(i64::try_from(config.store.retention_secs).unwrap_or(i64::MAX));
-        Ok(Self { generator, broker, listener, router, created_api_key, data_dir, api_keys, sweep_every, retention })
+        let edge = config.http.edge_limits();
+        Ok(Self {
+            generator,
+            broker,
+            edge,
+            listener,
+            router,
+            created_api_key,
+            data_dir,
+            api_keys,
+            sweep_every,
+            retention,
+        })
     }
 
     /// A handle that reloads the API keys (the configuration is read from
@@ -213,7 +226,7 @@ impl GeneratorApp {
                 }
             }
         });
-        let served = http::serve(self.listener, self.router, shutdown.clone()).await;
+        let served = http::serve_with(self.listener, self.router, shutdown.clone(), self.edge).await;
         let _ = consuming.await;
         let _ = sweeper.await;
         self.generator.writer().flush().await?;
@@ -264,6 +277,7 @@ async fn open_store(
 /// A sender process: deliveries consumer, optionally with its ops HTTP port.
 pub struct SenderApp {
     sender: Arc<Sender>,
+    edge: http::EdgeLimits,
     broker: Arc<Broker>,
     listener: Option<TcpListener>,
     receipts: http::ReceiptState,
@@ -288,7 +302,7 @@ impl SenderApp {
         let sender = Arc::new(Sender::from_config(config, broker.clone(), clock.clone())?);
         let receipts =
             http::ReceiptState { carriers: Arc::new(config.carriers.clone()), broker: broker.clone(), clock };
-        Ok(Self { sender, broker, listener, receipts })
+        Ok(Self { sender, edge: config.http.edge_limits(), broker, listener, receipts })
     }
 
     /// The bound ops address, if any.
@@ -321,7 +335,9 @@ impl SenderApp {
                 listener.local_addr().map_err(|source| AppError::Http { addr: ([0, 0, 0, 0], 0).into(), source })?;
             let router =
                 http::ops_router(self.broker.clone(), telemetry::metrics()).merge(http::receipts_router(self.receipts));
-            http::serve(listener, router, shutdown.clone()).await.map_err(|source| AppError::Http { addr, source })?;
+            http::serve_with(listener, router, shutdown.clone(), self.edge)
+                .await
+                .map_err(|source| AppError::Http { addr, source })?;
         }
         let _ = consuming.await;
         tracing::info!("sender stopped");

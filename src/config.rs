@@ -188,6 +188,26 @@ pub struct HttpConfig {
     pub rate_per_key_per_sec: u32,
     /// Burst per API key.
     pub burst_per_key: u32,
+    /// Time a client has to send a request's headers, milliseconds; an idle
+    /// keep-alive connection is closed after as long (this port and the sender's).
+    pub header_timeout_ms: u64,
+    /// Time a request may take from its headers to its response, milliseconds;
+    /// past it the client gets 503.
+    pub request_timeout_ms: u64,
+    /// HTTP connections open at once on this port (and on the sender's); more
+    /// are closed as soon as they are accepted.
+    pub max_connections: usize,
+}
+
+impl HttpConfig {
+    /// The edge limits these settings give.
+    pub fn edge_limits(&self) -> crate::http::EdgeLimits {
+        crate::http::EdgeLimits {
+            header_timeout: std::time::Duration::from_millis(self.header_timeout_ms.max(1)),
+            max_connections: self.max_connections.max(1),
+            request_timeout: std::time::Duration::from_millis(self.request_timeout_ms.max(1)),
+        }
+    }
 }
 
 impl Default for HttpConfig {
@@ -199,6 +219,9 @@ impl Default for HttpConfig {
             max_body_bytes: 16 * 1024,
             rate_per_key_per_sec: 200,
             burst_per_key: 400,
+            header_timeout_ms: 10_000,
+            request_timeout_ms: 10_000,
+            max_connections: 512,
         }
     }
 }

@@ -4,6 +4,7 @@
 mod admin;
 mod auth;
 pub mod bodies;
+mod edge;
 mod json;
 pub mod openapi;
 mod ops;
@@ -13,6 +14,7 @@ mod shards;
 mod verify;
 
 pub use auth::{ApiKeys, Gate};
+pub use edge::{EdgeLimits, MAX_HEADER_BYTES, MAX_URI_BYTES};
 pub use receipts::{ReceiptState, router as receipts_router};
 pub use shards::Shards;
 
@@ -62,21 +64,35 @@ pub fn api_router(state: ApiState, metrics: PrometheusHandle, max_body_bytes: us
         "/openapi.json",
         get(|| async { ([(axum::http::header::CONTENT_TYPE, "application/json")], openapi::json()) }),
     );
-    v1.merge(openapi).merge(ops::router(broker, metrics, Some(Arc::new(move || generator.store_ok()))))
+    v1.merge(openapi)
+        .merge(ops::router(broker, metrics, Some(Arc::new(move || generator.store_ok()))))
+        .fallback(edge::no_route)
+        .method_not_allowed_fallback(edge::wrong_method)
 }
 
 /// What a generator serves while its store cannot be opened: `/healthz`,
 /// `/metrics`, and `/readyz` answering 503 `{"status":"not_ready","store":false}`.
 pub fn not_ready_router(metrics: PrometheusHandle) -> Router {
-    ops::not_ready_router(metrics)
+    ops::not_ready_router(metrics).fallback(edge::no_route).method_not_allowed_fallback(edge::wrong_method)
 }
 
 /// A sender process's router: ops routes only.
 pub fn ops_router(broker: Arc<Broker>, metrics: PrometheusHandle) -> Router {
-    ops::router(broker, metrics, None)
+    ops::router(broker, metrics, None).fallback(edge::no_route).method_not_allowed_fallback(edge::wrong_method)
 }
 
-/// Serves `router` on `listener` until `shutdown`, then lets open requests finish.
+/// Serves `router` on `listener` with the default [`EdgeLimits`] until
+/// `shutdown`, then lets open requests finish.
 pub async fn serve(listener: TcpListener, router: Router, shutdown: CancellationToken) -> std::io::Result<()> {
-    axum::serve(listener, router).with_graceful_shutdown(async move { shutdown.cancelled().await }).await
+    edge::serve(listener, router, shutdown, EdgeLimits::default()).await
+}
+
+/// Like [`serve`], with `limits`.
+pub async fn serve_with(
+    listener: TcpListener,
+    router: Router,
+    shutdown: CancellationToken,
+    limits: EdgeLimits,
+) -> std::io::Result<()> {
+    edge::serve(listener, router, shutdown, limits).await
 }
