@@ -126,6 +126,9 @@ impl Default for StoreConfig {
 pub struct GeneratorConfig {
     /// Digits when a request names none (4–10).
     pub default_code_length: u8,
+    /// Fewest digits a request may ask for (4–10, at most
+    /// `default_code_length`); shorter requests are rejected `invalid_request`.
+    pub min_code_length: u8,
     /// Lifetime when a request names none, seconds (30–3600).
     pub default_ttl_secs: u32,
     /// Wrong codes allowed before a code is locked.
@@ -143,6 +146,7 @@ impl Default for GeneratorConfig {
     fn default() -> Self {
         Self {
             default_code_length: 6,
+            min_code_length: 6,
             default_ttl_secs: 300,
             max_attempts: 5,
             app_name: "otp-pipeline".into(),
@@ -166,7 +170,12 @@ impl GeneratorConfig {
         if !self.shard_urls.is_empty() && usize::from(self.shard) >= self.shard_urls.len() {
             return Err(ConfigError::OutOfRange("generator.shard must index generator.shard_urls".into()));
         }
-        Ok(Limits { default_code_length, default_ttl_secs: self.default_ttl_secs })
+        let min_code_length = CodeLength::new(self.min_code_length)
+            .filter(|min| *min <= default_code_length)
+            .ok_or_else(|| {
+                ConfigError::OutOfRange("generator.min_code_length must be 4-10 and at most default_code_length".into())
+            })?;
+        Ok(Limits { default_code_length, default_ttl_secs: self.default_ttl_secs, min_code_length })
     }
 }
 
@@ -698,5 +707,18 @@ mod tests {
             assert!(matches!(Config::load(Some(Path::new("nope.toml"))), Err(ConfigError::Missing(_))));
             Ok(())
         });
+    }
+
+    #[test]
+    fn the_code_length_floor_defaults_to_six_and_stays_within_the_default() {
+        let defaults = Config::default().generator.limits().unwrap();
+        assert_eq!(defaults.min_code_length.get(), 6);
+        let mut generator = Config::default().generator;
+        generator.min_code_length = 4;
+        assert_eq!(generator.limits().unwrap().min_code_length.get(), 4, "operators may lower it to the contract's 4");
+        generator.min_code_length = 8;
+        assert!(generator.limits().unwrap_err().to_string().contains("min_code_length"), "above the default");
+        generator.min_code_length = 3;
+        assert!(generator.limits().is_err(), "below the contract");
     }
 }

@@ -10,7 +10,7 @@ pub const MIN_CODE_LENGTH: u8 = 4;
 pub const MAX_CODE_LENGTH: u8 = 10;
 
 /// A code length within the contract's range (4–10 digits).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
 #[serde(try_from = "u8", into = "u8")]
 pub struct CodeLength(u8);
 

@@ -125,11 +125,18 @@ pub struct Limits {
     pub default_code_length: CodeLength,
     /// Lifetime when the request names none, in seconds.
     pub default_ttl_secs: u32,
+    /// Fewest digits a request may ask for: the operator's floor within the
+    /// contract's 4–10 (the domain's default is the contract's, 4).
+    pub min_code_length: CodeLength,
 }
 
 impl Default for Limits {
     fn default() -> Self {
-        Self { default_code_length: CodeLength::default(), default_ttl_secs: 300 }
+        Self {
+            default_code_length: CodeLength::default(),
+            default_ttl_secs: 300,
+            min_code_length: CodeLength::new(4).expect("4 is a contract length"),
+        }
     }
 }
 
@@ -174,6 +181,12 @@ impl RawRequest {
             None => limits.default_code_length,
             Some(n) => CodeLength::try_from(n).map_err(Rejection::invalid)?,
         };
+        if code_length < limits.min_code_length {
+            return Err(Rejection::invalid(format!(
+                "code_length must be at least {} on this service (codes of fewer digits are too easy to guess)",
+                limits.min_code_length.get()
+            )));
+        }
         let ttl_secs = self.ttl_secs.unwrap_or(limits.default_ttl_secs);
         if !TTL_RANGE_SECS.contains(&ttl_secs) {
             return Err(Rejection::invalid(format!(
@@ -231,6 +244,18 @@ mod tests {
         assert_eq!(v.locale, "en");
         assert_eq!(v.code_length.get(), 6);
         assert_eq!(v.ttl, Duration::seconds(300));
+    }
+
+    #[test]
+    fn a_code_shorter_than_the_operators_floor_is_refused() {
+        let floor = Limits { min_code_length: CodeLength::new(6).unwrap(), ..Limits::default() };
+        let short = RawRequest { code_length: Some(4), ..raw() };
+        let refused = short.clone().validate(&floor, &Templates::default()).unwrap_err();
+        assert_eq!(refused.reason, RejectReason::InvalidRequest);
+        assert!(refused.detail.contains("at least 6"), "{}", refused.detail);
+        assert_eq!(check(short).unwrap().code_length.get(), 4, "the contract's own floor is 4");
+        let six = RawRequest { code_length: Some(6), ..raw() };
+        assert!(six.validate(&floor, &Templates::default()).is_ok());
     }
 
     #[test]
