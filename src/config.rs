@@ -170,9 +170,8 @@ impl GeneratorConfig {
         if !self.shard_urls.is_empty() && usize::from(self.shard) >= self.shard_urls.len() {
             return Err(ConfigError::OutOfRange("generator.shard must index generator.shard_urls".into()));
         }
-        let min_code_length = CodeLength::new(self.min_code_length)
-            .filter(|min| *min <= default_code_length)
-            .ok_or_else(|| {
+        let min_code_length =
+            CodeLength::new(self.min_code_length).filter(|min| *min <= default_code_length).ok_or_else(|| {
                 ConfigError::OutOfRange("generator.min_code_length must be 4-10 and at most default_code_length".into())
             })?;
         Ok(Limits { default_code_length, default_ttl_secs: self.default_ttl_secs, min_code_length })

@@ -89,6 +89,14 @@ async fn consecutive_failed_verifications_lock_the_number_until_the_lock_expires
         .await;
     assert_eq!(lockout.reason, Some(RejectReason::RateLimited));
     assert!(lockout.retry_after_secs.is_some_and(|s| (59..=60).contains(&s)));
+    // A locked number gets no new code (it would reset the guessing budget),
+    // over AMQP nor over HTTP.
+    let refused = env.publish(&to(PHONE, "l-2")).await;
+    assert_eq!(refused.reason, Some(RejectReason::RateLimited));
+    assert!(refused.error.as_deref().is_some_and(|e| e.starts_with("verify_lockout")), "{refused:?}");
+    assert!(refused.retry_after_secs.is_some_and(|s| (59..=60).contains(&s)));
+    let (status, body) = env.post("/v1/otp", serde_json::json!({"request_id": "l-3", "phone": PHONE})).await;
+    assert_eq!((status, body["reason"].as_str()), (429, Some("rate_limited")), "{body}");
     // The lock survives a restart.
     env.stop_generator().await;
     env.start_generator().await;

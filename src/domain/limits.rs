@@ -65,6 +65,10 @@ pub struct Limited {
 }
 
 impl Limited {
+    /// The number is locked after too many failed verifications: no new code
+    /// until the lock ends (else a new code would reset the guessing budget).
+    pub const VERIFY_LOCKOUT: &'static str = "verify_lockout";
+
     /// Too soon after the previous send.
     pub const RESEND_COOLDOWN: &'static str = "resend_cooldown";
     /// Too many sends within the window.

@@ -151,7 +151,12 @@ fn limit_rejection(outcome: &IssueOutcome, now: OffsetDateTime) -> Option<(Rejec
     match outcome {
         IssueOutcome::RateLimited(limited) => {
             let wait = seconds_until(limited.retry_at, now);
-            let detail = format!("{}: too many codes for this number; retry in {wait} s", limited.rule);
+            let why = if limited.rule == crate::domain::limits::Limited::VERIFY_LOCKOUT {
+                "the number is locked after too many failed verifications"
+            } else {
+                "too many codes for this number"
+            };
+            let detail = format!("{}: {why}; retry in {wait} s", limited.rule);
             Some((Rejection { reason: RejectReason::RateLimited, detail }, limited.retry_at))
         }
         IssueOutcome::Quarantined { quarantine: q, new } => {

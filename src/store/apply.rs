@@ -234,6 +234,11 @@ impl Rules {
         {
             return Ok(Some(IssueOutcome::Quarantined { quarantine: Box::new(q), new: false }));
         }
+        if let Some(failures) = b.get::<VerifyFailures>(TreeId::Limits, &limit_key::failures(phone))?
+            && let Err(until) = failures.check(now)
+        {
+            return Ok(Some(IssueOutcome::RateLimited(Limited { rule: Limited::VERIFY_LOCKOUT, retry_at: until })));
+        }
         let sends_key = limit_key::sends(phone);
         let mut sends = b.get::<SendHistory>(TreeId::Limits, &sends_key)?.unwrap_or_default();
         if let Err(limited) = policies.send.check(&sends, now) {

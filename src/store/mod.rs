@@ -19,7 +19,7 @@ pub use writer::{Writer, WriterSettings};
 
 use crate::domain::RequestStatus;
 use crate::domain::digest::CodeSeed;
-use crate::domain::limits::{Policies, Quarantine, SendHistory, prefix_of};
+use crate::domain::limits::{Limited, Policies, Quarantine, SendHistory, VerifyFailures, prefix_of};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use sled::Tree;
@@ -204,6 +204,13 @@ impl Store {
             if q.is_active(now) {
                 return Ok(Err(IssueOutcome::Quarantined { quarantine: Box::new(q), new: false }));
             }
+        }
+        let failures_key = limit_key::failures(phone);
+        if let Some(bytes) = self.trees.limits.get(&failures_key)?
+            && let Err(until) = decode::<VerifyFailures>(&failures_key, &bytes)?.check(now)
+        {
+            let limited = Limited { rule: Limited::VERIFY_LOCKOUT, retry_at: until };
+            return Ok(Err(IssueOutcome::RateLimited(limited)));
         }
         let sends_key = limit_key::sends(phone);
         let sends = match self.trees.limits.get(&sends_key)? {
