@@ -10,6 +10,7 @@
 use crate::broker::{BoxFuture, Broker, Disposition, Handler, Inbound};
 use crate::carriers::{self, Accepted, Carrier, CarrierConfigError, CarrierError, Sms};
 use crate::config::{BreakerConfig, CarrierLimits, Config, RetryConfig};
+use crate::domain::phone::Redacted;
 use crate::domain::{Breaker, Clock, Delivery, Event, EventKind, Routes, RoutingError};
 use crate::telemetry::names;
 use backon::Retryable;
@@ -203,7 +204,7 @@ impl Sender {
             }
             let slot = &self.slots[*name];
             if !slot.allow() {
-                tracing::info!(request_id = %delivery.request_id, carrier = name, "circuit open; skipping the carrier");
+                tracing::info!(request_id = %Redacted(&delivery.request_id), carrier = name, "circuit open; skipping the carrier");
                 last.get_or_insert((
                     name,
                     CarrierError::Retryable { reason: "circuit open".into(), retry_after: None },
@@ -212,7 +213,7 @@ impl Sender {
             }
             if index > 0 {
                 metrics::counter!(names::FAILOVERS).increment(1);
-                tracing::info!(request_id = %delivery.request_id, carrier = name, "failing over");
+                tracing::info!(request_id = %Redacted(&delivery.request_id), carrier = name, "failing over");
             }
             match self.send_with_retries(slot, &sms, delivery.expires_at).await {
                 Ok(accepted) => return self.sent(&delivery, slot.name(), accepted).await,
@@ -257,7 +258,7 @@ impl Sender {
                 (expires_at - clock.now() > delay).then_some(delay)
             })
             .notify(|e, delay| {
-                tracing::info!(request_id = %sms.request_id, carrier = slot.name(), error = %e, retry_in = ?delay, "carrier attempt failed; retrying");
+                tracing::info!(request_id = %Redacted(&sms.request_id), carrier = slot.name(), error = %e, retry_in = ?delay, "carrier attempt failed; retrying");
             })
             .await
     }
@@ -267,7 +268,7 @@ impl Sender {
         let latency = (now - delivery.requested_at).as_seconds_f64().max(0.0);
         metrics::histogram!(names::DELIVERY_LATENCY).record(latency);
         metrics::counter!(names::DELIVERIES, "carrier" => carrier, "outcome" => "sent").increment(1);
-        tracing::info!(request_id = %delivery.request_id, carrier, "SMS accepted by the carrier");
+        tracing::info!(request_id = %Redacted(&delivery.request_id), carrier, "SMS accepted by the carrier");
         let mut event = Event::new(EventKind::Sent, Some(delivery.request_id.clone()), &delivery.phone, now);
         event.carrier = Some(carrier.to_owned());
         event.carrier_message_id = accepted.carrier_message_id;
@@ -276,7 +277,7 @@ impl Sender {
 
     async fn expired(&self, delivery: &Delivery, carrier: &str) -> Disposition {
         metrics::counter!(names::DELIVERIES, "carrier" => carrier.to_owned(), "outcome" => "expired").increment(1);
-        tracing::warn!(request_id = %delivery.request_id, "code expired before any carrier took it; dropped");
+        tracing::warn!(request_id = %Redacted(&delivery.request_id), "code expired before any carrier took it; dropped");
         let mut event =
             Event::new(EventKind::Failed, Some(delivery.request_id.clone()), &delivery.phone, self.clock.now());
         event.error = Some("expired".into());
@@ -285,7 +286,7 @@ impl Sender {
 
     async fn failed(&self, delivery: &Delivery, carrier: &str, error: CarrierError) -> Disposition {
         metrics::counter!(names::DELIVERIES, "carrier" => carrier.to_owned(), "outcome" => "failed").increment(1);
-        tracing::warn!(request_id = %delivery.request_id, carrier, error = %error, "no carrier accepted the SMS");
+        tracing::warn!(request_id = %Redacted(&delivery.request_id), carrier, error = %error, "no carrier accepted the SMS");
         let mut event =
             Event::new(EventKind::Failed, Some(delivery.request_id.clone()), &delivery.phone, self.clock.now());
         event.carrier = Some(carrier.to_owned());

@@ -5,6 +5,7 @@
 use super::{Generator, RETRY_PAUSE, limit_rejection, seconds_until};
 use crate::broker::{BrokerError, Disposition, Inbound, Topology};
 use crate::domain::phone::Phone;
+use crate::domain::phone::Redacted;
 use crate::domain::{
     DecodeError, Delivery, Event, EventKind, RawRequest, RejectReason, Rejection, Reply, ReplyStatus, ValidRequest,
 };
@@ -111,7 +112,7 @@ impl Generator {
     ) -> Disposition {
         let retry_after_secs = retry_at.map(|at| seconds_until(at, self.clock.now()));
         metrics::counter!(names::REQUESTS, "outcome" => rejection.reason.as_str()).increment(1);
-        tracing::info!(request_id = request_id.as_deref().unwrap_or("-"), reason = rejection.reason.as_str(), detail = %rejection.detail, "request rejected");
+        tracing::info!(request_id = %Redacted(request_id.as_deref().unwrap_or("-")), reason = rejection.reason.as_str(), detail = %rejection.detail, "request rejected");
         let event = Event::rejected(request_id.clone(), phone, &rejection, retry_after_secs, self.clock.now());
         if let Err(e) = self.outbox.announce(event).await {
             tracing::warn!(error = %e, "could not publish event.rejected; will retry");
@@ -176,7 +177,7 @@ impl Generator {
         event.expires_at = Some(issued.expires_at);
         let (delivered, announced) = tokio::join!(self.outbox.deliver(delivery), self.outbox.announce(event));
         if let Err(e) = delivered {
-            tracing::warn!(request_id = %request.request_id, error = %e, "could not queue the delivery; will retry");
+            tracing::warn!(request_id = %Redacted(&request.request_id), error = %e, "could not queue the delivery; will retry");
             return Disposition::Retry { after: RETRY_PAUSE };
         }
         // Not flushed on its own: if it is lost in a crash, a re-published
@@ -184,9 +185,9 @@ impl Generator {
         in_flight.queued();
         metrics::counter!(names::CODES_ISSUED).increment(1);
         metrics::counter!(names::REQUESTS, "outcome" => "accepted").increment(1);
-        tracing::info!(request_id = %request.request_id, phone = %request.phone, expires_at = %issued.expires_at, reissued = issued.reissued, "code issued");
+        tracing::info!(request_id = %Redacted(&request.request_id), phone = %request.phone, expires_at = %issued.expires_at, reissued = issued.reissued, "code issued");
         if let Err(e) = announced {
-            tracing::warn!(request_id = %request.request_id, error = %e, "could not publish event.accepted; will retry");
+            tracing::warn!(request_id = %Redacted(&request.request_id), error = %e, "could not publish event.accepted; will retry");
             return Disposition::Retry { after: RETRY_PAUSE };
         }
         self.reply(message, Reply::accepted(&request.request_id, issued.expires_at)).await;
@@ -212,14 +213,14 @@ impl Generator {
 
     async fn duplicate(&self, existing: &RequestRecord, message: &Inbound) -> Disposition {
         metrics::counter!(names::REQUESTS, "outcome" => "duplicate").increment(1);
-        tracing::info!(request_id = %existing.request_id, redelivered = message.redelivered, "duplicate request: no new code");
+        tracing::info!(request_id = %Redacted(&existing.request_id), redelivered = message.redelivered, "duplicate request: no new code");
         if message.redelivered {
             // We may have died before announcing it: announce again (events are at-least-once).
             let mut event =
                 Event::new(EventKind::Accepted, Some(existing.request_id.clone()), &existing.phone, self.now());
             event.expires_at = Some(existing.expires_at);
             if let Err(e) = self.outbox.announce(event).await {
-                tracing::warn!(request_id = %existing.request_id, error = %e, "could not publish event.accepted; will retry");
+                tracing::warn!(request_id = %Redacted(&existing.request_id), error = %e, "could not publish event.accepted; will retry");
                 return Disposition::Retry { after: RETRY_PAUSE };
             }
         }

@@ -2,6 +2,7 @@
 //! answer comes after the change it stands for is durable.
 
 use super::{Generator, GeneratorError, seconds_until};
+use crate::domain::phone::Redacted;
 use crate::domain::{Code, Event, EventKind, Phone, RejectReason, Rejection, VerifyOutcome};
 use crate::store::CancelOutcome;
 use crate::telemetry::names;
@@ -78,11 +79,11 @@ impl Generator {
         let now = self.clock.now();
         let outcome = self.track(self.writer.cancel(request_id, now).await)?;
         if let CancelOutcome::Canceled(record) = &outcome {
-            tracing::info!(request_id, phone = %crate::domain::phone::mask(&record.phone), "code canceled");
+            tracing::info!(request_id = %Redacted(request_id), phone = %crate::domain::phone::mask(&record.phone), "code canceled");
             let event = Event::new(EventKind::Canceled, Some(request_id.to_owned()), &record.phone, now);
             if let Err(e) = self.outbox.announce(event).await {
                 // The cancel itself is durable; only the announcement is lost.
-                tracing::warn!(request_id, error = %e, "could not publish event.canceled");
+                tracing::warn!(request_id = %Redacted(request_id), error = %e, "could not publish event.canceled");
             }
         }
         Ok(outcome)
