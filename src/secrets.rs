@@ -29,11 +29,35 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> SecretError + '_ {
     move |source| SecretError::Io { path: path.to_owned(), source }
 }
 
-/// Creates the data directory (mode 0700) if needed.
+/// Creates the data directory (mode 0700) if needed. One that exists is
+/// made private too: the directory and every directory under it 0700, every
+/// file 0600 (sled's files included); if that cannot be done (another owner),
+/// start-up fails with the path.
 pub fn ensure_data_dir(dir: &Path) -> Result<(), SecretError> {
     if !dir.exists() {
         fs::create_dir_all(dir).map_err(io(dir))?;
         fs::set_permissions(dir, fs::Permissions::from_mode(0o700)).map_err(io(dir))?;
+        return Ok(());
+    }
+    make_private(dir)
+}
+
+/// Takes group and other permissions off `path` and, for a directory,
+/// everything below it (symbolic links are left alone).
+fn make_private(path: &Path) -> Result<(), SecretError> {
+    let meta = fs::symlink_metadata(path).map_err(io(path))?;
+    if meta.file_type().is_symlink() {
+        return Ok(());
+    }
+    let wanted = if meta.is_dir() { 0o700 } else { 0o600 };
+    if meta.permissions().mode() & 0o777 != wanted && meta.permissions().mode() & 0o077 != 0 {
+        tracing::warn!(path = %path.display(), "data dir entry was readable by group or others; made private");
+        fs::set_permissions(path, fs::Permissions::from_mode(wanted)).map_err(io(path))?;
+    }
+    if meta.is_dir() {
+        for entry in fs::read_dir(path).map_err(io(path))? {
+            make_private(&entry.map_err(io(path))?.path())?;
+        }
     }
     Ok(())
 }
@@ -133,6 +157,20 @@ pub fn api_keys(configured: &[String], data_dir: &Path) -> Result<(Vec<String>, 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_existing_data_dir_is_made_private() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        fs::create_dir_all(data.join("sled")).unwrap();
+        fs::write(data.join("sled/db"), b"x").unwrap();
+        for (path, mode) in [(data.clone(), 0o755), (data.join("sled"), 0o755), (data.join("sled/db"), 0o644)] {
+            fs::set_permissions(path, fs::Permissions::from_mode(mode)).unwrap();
+        }
+        ensure_data_dir(&data).unwrap();
+        let mode = |p: &Path| fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!((mode(&data), mode(&data.join("sled")), mode(&data.join("sled/db"))), (0o700, 0o700, 0o600));
+    }
 
     #[test]
     fn hmac_key_is_created_once_with_owner_only_permissions() {
