@@ -446,3 +446,34 @@ async fn a_batch_of_deliveries_is_sent_and_only_its_refused_delivery_is_dead_let
     assert_eq!(env.queue_depth(&env.topology.deliveries).await, 0, "the batch is acked");
     env.teardown().await;
 }
+
+/// One decoder policy for both ways in: a JSON array is not a request, and a
+/// repeated key is refused (not "last wins"), over HTTP and over AMQP alike.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn arrays_and_repeated_keys_are_refused_over_http_and_amqp() {
+    let env = TestEnv::start().await;
+    let repeated = r#"{"request_id": "dup-key", "phone": "+14155550123", "phone": "+447911123456"}"#;
+    for body in [r#"["arr-1", "+14155550123"]"#, repeated] {
+        let response = env
+            .http
+            .post(env.url("/v1/otp"))
+            .bearer_auth(API_KEY)
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 400, "{body}");
+        assert!(response.json::<serde_json::Value>().await.unwrap()["error"].is_string());
+    }
+    let mut events = env.event_tap().await;
+    env.publish_bytes(repeated.as_bytes()).await;
+    let rejected = events.expect("rejected", "dup-key").await;
+    assert_eq!(rejected.reason, Some(RejectReason::InvalidRequest));
+    assert!(rejected.error.unwrap().contains("duplicate field"));
+    env.publish_bytes(br#"["arr-2", "+14155550123"]"#).await;
+    let dead = common::eventually(|| async { Some(env.dead_letters().await).filter(|d| !d.is_empty()) }).await;
+    assert_eq!(dead.unwrap()[0].2, "malformed_json", "an array is dead-lettered");
+    assert!(env.carrier_posts().await.is_empty(), "no SMS for either");
+    env.teardown().await;
+}

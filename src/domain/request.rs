@@ -57,17 +57,23 @@ pub enum DecodeError {
 }
 
 impl RawRequest {
-    /// Decodes a message body.
+    /// Decodes a request body, from the queue or from `POST /v1/otp` (one
+    /// policy for both): a JSON object only (an array is not a request), with
+    /// no unknown and no repeated keys.
     pub fn decode(body: &[u8]) -> Result<Self, DecodeError> {
         let value: serde_json::Value =
             serde_json::from_slice(body).map_err(|e| DecodeError::Malformed(e.to_string()))?;
         let serde_json::Value::Object(map) = value else {
             return Err(DecodeError::Malformed("expected a JSON object".into()));
         };
-        let request_id =
-            map.get("request_id").and_then(|v| v.as_str()).filter(|id| valid_request_id(id)).map(str::to_owned);
-        serde_json::from_value(serde_json::Value::Object(map)).map_err(|e| DecodeError::Invalid {
-            request_id,
+        // Straight from the bytes: serde's derive refuses a repeated field
+        // (a `Value` would keep the last one silently).
+        serde_json::from_slice(body).map_err(|e| DecodeError::Invalid {
+            request_id: map
+                .get("request_id")
+                .and_then(|v| v.as_str())
+                .filter(|id| valid_request_id(id))
+                .map(str::to_owned),
             detail: crate::domain::phone::redact_numbers(&e.to_string()),
         })
     }
@@ -256,6 +262,18 @@ mod tests {
         assert_eq!(check(short).unwrap().code_length.get(), 4, "the contract's own floor is 4");
         let six = RawRequest { code_length: Some(6), ..raw() };
         assert!(six.validate(&floor, &Templates::default()).is_ok());
+    }
+
+    #[test]
+    fn repeated_keys_are_refused_not_last_wins() {
+        let body = br#"{"request_id": "r1", "phone": "+14155550123", "phone": "+447911123456"}"#;
+        match RawRequest::decode(body) {
+            Err(DecodeError::Invalid { request_id, detail }) => {
+                assert_eq!(request_id.as_deref(), Some("r1"));
+                assert!(detail.contains("duplicate field"), "{detail}");
+            }
+            other => panic!("expected a refusal, got {other:?}"),
+        }
     }
 
     #[test]

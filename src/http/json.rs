@@ -1,6 +1,7 @@
 //! JSON bodies and errors: every failure answers `{"error": …}` with the
 //! right status (400 for bad JSON or fields, 413 for oversized bodies).
 
+use crate::domain::{DecodeError, RawRequest};
 use crate::http::bodies::ErrorBody;
 use axum::extract::FromRequest;
 use axum::extract::rejection::JsonRejection;
@@ -11,6 +12,40 @@ use axum::response::{IntoResponse, Response};
 #[derive(FromRequest)]
 #[from_request(via(axum::Json), rejection(ApiError))]
 pub struct ApiJson<T>(pub T);
+
+/// A `POST /v1/otp` body, decoded exactly as the queue consumer decodes a
+/// request ([`RawRequest::decode`]: objects only, no unknown or repeated
+/// keys), after `axum::Json`'s content-type (415) and size (413) checks.
+pub struct RequestJson(pub RawRequest);
+
+impl<S: Send + Sync> FromRequest<S> for RequestJson {
+    type Rejection = ApiError;
+
+    async fn from_request(request: axum::extract::Request, state: &S) -> Result<Self, ApiError> {
+        if !is_json(request.headers()) {
+            let message = "expected a request body with Content-Type: application/json".to_owned();
+            return Err(ApiError { status: StatusCode::UNSUPPORTED_MEDIA_TYPE, message });
+        }
+        let body = axum::body::Bytes::from_request(request, state)
+            .await
+            .map_err(|e| ApiError { status: e.status(), message: e.body_text() })?;
+        match RawRequest::decode(&body) {
+            Ok(raw) => Ok(Self(raw)),
+            Err(DecodeError::Malformed(detail) | DecodeError::Invalid { detail, .. }) => {
+                Err(ApiError::bad_request(crate::domain::phone::redact_numbers(&detail)))
+            }
+        }
+    }
+}
+
+/// `application/json` or `application/*+json`, as `axum::Json` accepts.
+fn is_json(headers: &axum::http::HeaderMap) -> bool {
+    let Some(value) = headers.get(axum::http::header::CONTENT_TYPE).and_then(|v| v.to_str().ok()) else {
+        return false;
+    };
+    let essence = value.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+    essence == "application/json" || (essence.starts_with("application/") && essence.ends_with("+json"))
+}
 
 /// An error answered as `{"error": message}`.
 #[derive(Debug)]

@@ -6,7 +6,7 @@ use crate::domain::phone::mask;
 use crate::generator::GeneratorError;
 use crate::http::ApiState;
 use crate::http::bodies::{Accepted, ErrorBody, NotFound, RequestView, StatusOnly};
-use crate::http::json::{ApiError, ApiJson, too_many_requests};
+use crate::http::json::{ApiError, RequestJson, too_many_requests};
 use crate::store::CancelOutcome;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, Method, StatusCode};
@@ -38,7 +38,7 @@ use time::format_description::well_known::Rfc3339;
 pub async fn create(
     State(state): State<ApiState>,
     headers: HeaderMap,
-    ApiJson(raw): ApiJson<RawRequest>,
+    RequestJson(raw): RequestJson,
 ) -> Result<Response, ApiError> {
     let request_id = raw.request_id.clone();
     let valid = match state.generator.validate(raw.clone()) {
