@@ -300,8 +300,12 @@ impl SenderApp {
         telemetry::metrics();
         let broker = Broker::new(&config.broker, "otp-sender");
         let sender = Arc::new(Sender::from_config(config, broker.clone(), clock.clone())?);
-        let receipts =
-            http::ReceiptState { carriers: Arc::new(config.carriers.clone()), broker: broker.clone(), clock };
+        let receipts = http::ReceiptState {
+            carriers: Arc::new(config.carriers.clone()),
+            broker: broker.clone(),
+            clock,
+            replays: Default::default(),
+        };
         Ok(Self { sender, edge: config.http.edge_limits(), broker, listener, receipts })
     }
 

@@ -286,7 +286,16 @@ async fn signed_twilio_receipts_mark_delivered_and_forged_ones_are_refused() {
         }
         assert_eq!(post.send().await.unwrap().status(), 403, "forged: {signature:?}");
     }
+    // A signed callback sent again (a replay): 200, counted, dropped.
+    let signed =
+        [("MessageSid".to_owned(), "SM0replayed".to_owned()), ("MessageStatus".to_owned(), "delivered".to_owned())];
+    let signature = otp_pipeline::carriers::twilio::signature(TWILIO_TOKEN, &url, &signed);
+    for _ in 0..2 {
+        let post = env.http.post(&url).form(&signed).header("X-Twilio-Signature", &signature);
+        assert_eq!(post.send().await.unwrap().status(), 200);
+    }
     let metrics = env.http.get(format!("{}/metrics", env.sender_url)).send().await.unwrap().text().await.unwrap();
+    assert!(metrics.contains("otp_delivery_receipts_total{carrier=\"twilio\",status=\"replayed\"} 1"), "{metrics}");
     assert!(metrics.contains("otp_delivery_receipts_total{carrier=\"twilio\",status=\"forbidden\"}"), "{metrics}");
     assert!(metrics.contains("otp_delivery_receipts_total{carrier=\"twilio\",status=\"delivered\"}"));
     let _ = API_KEY;
@@ -329,6 +338,18 @@ async fn vonage_and_msg91_receipts_need_their_token() {
         .await
         .unwrap();
     assert_eq!(forged.status(), 403);
+    // An authentic callback carrying thousands of reports is refused whole.
+    let reports: Vec<_> = (0..otp_pipeline::http::MAX_REPORTS_PER_CALLBACK + 1)
+        .map(|i| json!({"requestId": format!("r{i}"), "report": [{"status": "1", "number": "919876543210"}]}))
+        .collect();
+    let flood = env
+        .http
+        .post(format!("{}/receipts/msg91?token=msg91-token", env.sender_url))
+        .json(&reports)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(flood.status(), 400);
     env.teardown().await;
     carrier.shutdown().await;
 }

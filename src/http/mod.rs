@@ -15,7 +15,7 @@ mod verify;
 
 pub use auth::{ApiKeys, Gate};
 pub use edge::{EdgeLimits, MAX_HEADER_BYTES, MAX_URI_BYTES};
-pub use receipts::{ReceiptState, router as receipts_router};
+pub use receipts::{MAX_REPORTS_PER_CALLBACK, ReceiptState, router as receipts_router};
 pub use shards::Shards;
 
 use crate::broker::Broker;

@@ -4,7 +4,9 @@
 //!
 //! An authentic receipt is forwarded to the generator (routing key
 //! `receipt`), which resolves it to a request. Forged or unsigned callbacks
-//! get 403 and are counted.
+//! get 403 and are counted; a signed Twilio callback seen before (a replay)
+//! is answered 200, counted `replayed` and dropped; a callback with more
+//! than [`MAX_REPORTS_PER_CALLBACK`] reports gets 400.
 
 use crate::broker::{Broker, Topology};
 use crate::carriers::{self, Receipt, ReceiptError, ReceiptStatus};
@@ -18,10 +20,51 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde_json::json;
-use std::sync::Arc;
+use std::collections::{HashSet, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 /// Largest receipt body accepted.
 const MAX_RECEIPT_BYTES: usize = 64 * 1024;
+
+/// Most delivery reports one callback may carry (MSG91 batches them; one
+/// request's SMS has a handful).
+pub const MAX_REPORTS_PER_CALLBACK: usize = 100;
+
+/// How long a Twilio signature is remembered to spot replays, and how many.
+const REPLAY_WINDOW: Duration = Duration::from_secs(3600);
+const REPLAY_MEMORY: usize = 50_000;
+
+/// The signed callbacks seen lately: a signature covers the whole callback,
+/// so seeing one again is a replay (or the carrier's own retry of a callback
+/// already forwarded). Bounded in time and in size, oldest forgotten first.
+#[derive(Default)]
+pub struct Replays {
+    order: VecDeque<(Instant, String)>,
+    seen: HashSet<String>,
+}
+
+impl Replays {
+    /// Whether `signature` was remembered within the window.
+    fn seen(&mut self, signature: &str, now: Instant) -> bool {
+        while let Some((at, old)) = self.order.front() {
+            if now.duration_since(*at) < REPLAY_WINDOW && self.order.len() < REPLAY_MEMORY {
+                break;
+            }
+            self.seen.remove(old);
+            self.order.pop_front();
+        }
+        self.seen.contains(signature)
+    }
+
+    /// Remembers `signature` (once its callback was forwarded: a callback
+    /// that got no 2xx may come again and must be taken then).
+    fn remember(&mut self, signature: &str, now: Instant) {
+        if self.seen.insert(signature.to_owned()) {
+            self.order.push_back((now, signature.to_owned()));
+        }
+    }
+}
 
 /// What the receipt routes need.
 #[derive(Clone)]
@@ -32,6 +75,8 @@ pub struct ReceiptState {
     pub broker: Arc<Broker>,
     /// Stamps receipts.
     pub clock: Arc<dyn Clock>,
+    /// Signed callbacks seen lately.
+    pub replays: Arc<Mutex<Replays>>,
 }
 
 /// The receipt routes.
@@ -52,8 +97,12 @@ async fn twilio(State(state): State<ReceiptState>, headers: HeaderMap, body: Byt
     let result = match state.carriers.twilio.as_ref() {
         Some(config) => match config.status_callback.as_deref() {
             Some(url) => {
-                let signature = headers.get("x-twilio-signature").and_then(|v| v.to_str().ok());
-                carriers::twilio::receipt(config, url, signature, &body).map(|r| vec![r])
+                let signature = headers.get("x-twilio-signature").and_then(|v| v.to_str().ok()).map(str::trim);
+                let receipt = carriers::twilio::receipt(config, url, signature, &body);
+                if let (Ok(_), Some(signature)) = (&receipt, signature) {
+                    return state.forward_once(signature, receipt.map(|r| vec![r])).await;
+                }
+                receipt.map(|r| vec![r])
             }
             None => Err(ReceiptError::NotConfigured("twilio")),
         },
@@ -104,9 +153,30 @@ async fn msg91(State(state): State<ReceiptState>, RawQuery(query): RawQuery, bod
 }
 
 impl ReceiptState {
+    /// Forwards an authentic signed Twilio callback unless it was forwarded
+    /// before (then: 200, counted `replayed`, dropped).
+    async fn forward_once(&self, signature: &str, result: Result<Vec<Receipt>, ReceiptError>) -> Response {
+        if self.replays.lock().expect("replays lock").seen(signature, Instant::now()) {
+            metrics::counter!(names::RECEIPTS, "carrier" => "twilio", "status" => "replayed").increment(1);
+            tracing::warn!("a signed Twilio callback came again; dropped");
+            return StatusCode::OK.into_response();
+        }
+        let response = self.forward("twilio", result).await;
+        if response.status().is_success() {
+            self.replays.lock().expect("replays lock").remember(signature, Instant::now());
+        }
+        response
+    }
+
     /// Counts, forwards the final ones to the generator, and answers the carrier.
     async fn forward(&self, carrier: &'static str, result: Result<Vec<Receipt>, ReceiptError>) -> Response {
         let receipts = match result {
+            Ok(r) if r.len() > MAX_REPORTS_PER_CALLBACK => {
+                metrics::counter!(names::RECEIPTS, "carrier" => carrier, "status" => "malformed").increment(1);
+                tracing::warn!(carrier, reports = r.len(), "delivery receipt callback with too many reports refused");
+                let error = format!("at most {MAX_REPORTS_PER_CALLBACK} reports per callback");
+                return (StatusCode::BAD_REQUEST, axum::Json(json!({ "error": error }))).into_response();
+            }
             Ok(r) => r,
             Err(e) => {
                 let (status, label) = match &e {
@@ -138,5 +208,21 @@ impl ReceiptState {
             }
         }
         StatusCode::OK.into_response()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_signature_is_a_replay_within_the_window_and_forgotten_after() {
+        let mut replays = Replays::default();
+        let start = Instant::now();
+        assert!(!replays.seen("sig-a", start));
+        replays.remember("sig-a", start);
+        assert!(replays.seen("sig-a", start + Duration::from_secs(60)), "seen again: a replay");
+        assert!(!replays.seen("sig-b", start + Duration::from_secs(60)));
+        assert!(!replays.seen("sig-a", start + REPLAY_WINDOW + Duration::from_secs(1)), "forgotten after the window");
     }
 }
