@@ -62,6 +62,13 @@ async fn the_send_window_caps_codes_per_number() {
     let refused = env.publish(&to(PHONE, "w-3")).await;
     assert_eq!(refused.reason, Some(RejectReason::RateLimited));
     assert!(refused.error.unwrap().starts_with("send_window"));
+    // The refusal is visible, with its reason.
+    let (status, body) = env.get("/v1/otp/w-3").await;
+    assert_eq!(
+        (status, body["status"].as_str(), body["reason"].as_str()),
+        (200, Some("rejected"), Some("rate_limited"))
+    );
+    assert!(body["error"].as_str().is_some_and(|e| e.starts_with("send_window")), "{body}");
     // Another number is not affected; nor is a re-published request.
     assert_eq!(env.publish(&to("+14155550142", "w-other")).await.status, ReplyStatus::Accepted);
     assert_eq!(env.publish(&to(PHONE, "w-0")).await.status, ReplyStatus::Accepted, "duplicates are not new sends");

@@ -60,12 +60,15 @@ pub enum RequestStatus {
     Expired,
     /// The code was canceled (`DELETE /v1/otp/{request_id}`).
     Canceled,
+    /// The request was refused (`reason` says why): no code was issued. A
+    /// request re-published under its id is decided afresh.
+    Rejected,
 }
 
 impl RequestStatus {
     /// Whether nothing can change any more (verified, expired or canceled).
     pub fn is_final(self) -> bool {
-        matches!(self, Self::Verified | Self::Expired | Self::Canceled)
+        matches!(self, Self::Verified | Self::Expired | Self::Canceled | Self::Rejected)
     }
 
     /// Whether `next` may follow `self`. Delivery news never overrides a
@@ -73,7 +76,7 @@ impl RequestStatus {
     pub fn can_become(self, next: RequestStatus) -> bool {
         use RequestStatus::*;
         match (self, next) {
-            (Verified | Expired | Canceled, _) => false,
+            (Verified | Expired | Canceled | Rejected, _) => false,
             (_, Verified | Expired | Canceled) => true,
             (Pending, _) => true,
             (Sent, Delivered | Failed) => true,

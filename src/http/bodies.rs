@@ -95,8 +95,12 @@ pub struct RequestView {
     pub carrier: Option<String>,
     /// That carrier's message id.
     pub carrier_message_id: Option<String>,
-    /// Why delivery failed, if it did.
+    /// Why delivery failed, if it did; for a `rejected` request, the rule
+    /// that refused it.
     pub error: Option<String>,
+    /// For a `rejected` request: the contract's reason (`rate_limited`, `suspected_pumping`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<crate::domain::RejectReason>,
     /// RFC 3339.
     #[schema(format = DateTime)]
     pub created_at: String,

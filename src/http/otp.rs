@@ -173,6 +173,7 @@ pub async fn status(
         carrier: r.carrier,
         carrier_message_id: r.carrier_message_id,
         error: r.error,
+        reason: r.reason,
         created_at: rfc3339(r.created_at),
         updated_at: rfc3339(r.updated_at),
         expires_at: rfc3339(r.expires_at),

@@ -11,8 +11,8 @@ use super::{RequestRecord, StoreError, limit_key, message_key};
 use crate::domain::digest::CodeSeed;
 use crate::domain::limits::{Limited, Policies, PrefixStats, Quarantine, SendHistory, VerifyFailures, prefix_of};
 use crate::domain::{
-    Code, CodeDigest, CodeRecord, EventKind, KeyRing, Phone, RequestStatus, Transition, ValidRequest, VerifyOutcome,
-    decide,
+    Code, CodeDigest, CodeRecord, EventKind, KeyRing, Phone, RejectReason, RequestStatus, Transition, ValidRequest,
+    VerifyOutcome, decide,
 };
 use time::OffsetDateTime;
 
@@ -170,7 +170,8 @@ impl Rules {
     ) -> Result<IssueStep, StoreError> {
         let id = request.request_id.as_bytes();
         let mut seed = None;
-        let existing = b.get::<RequestRecord>(TreeId::Requests, id)?;
+        // A request refused before is decided afresh.
+        let existing = b.get::<RequestRecord>(TreeId::Requests, id)?.filter(|e| e.status != RequestStatus::Rejected);
         if let Some(existing) = &existing {
             if !same_parameters(existing, request) {
                 return Ok(IssueStep::Now(IssueOutcome::Conflict));
@@ -183,6 +184,7 @@ impl Rules {
             }
             seed = existing.code_seed.clone().zip(existing.code_key_id.clone());
         } else if let Some(refused) = self.admit(b, request.phone.e164(), now)? {
+            record_refusal(b, request, &refused, now);
             return Ok(IssueStep::Now(refused));
         }
         let (seed, key) = match seed.and_then(|(seed, id)| Some((seed, self.keys.get(&id)?))) {
@@ -200,22 +202,10 @@ impl Rules {
             seed: None,
         };
         let fresh = RequestRecord {
-            request_id: request.request_id.clone(),
-            phone: request.phone.e164().to_owned(),
-            status: RequestStatus::Pending,
-            template: request.template.clone(),
-            locale: request.locale.clone(),
-            code_length: request.code_length.get(),
-            ttl_secs: request.ttl.whole_seconds(),
-            delivery_queued: false,
-            created_at: existing.as_ref().map_or(now, |e| e.created_at),
-            expires_at,
-            updated_at: now,
-            carrier: None,
-            carrier_message_id: None,
-            error: None,
             code_seed: Some(seed),
             code_key_id: Some(key.id().to_owned()),
+            created_at: existing.as_ref().map_or(now, |e| e.created_at),
+            ..new_record(request, RequestStatus::Pending, expires_at, now)
         };
         supersede(b, request.phone.e164(), &fresh.request_id, now)?;
         b.put(TreeId::Codes, request.phone.e164().as_bytes(), &record);
@@ -307,6 +297,54 @@ impl Rules {
         let carrier = settle_request(b, &outcome, changed, now)?;
         Ok(Verified { outcome, changed, locked_until, carrier })
     }
+}
+
+/// A request's record, with nothing delivered yet.
+fn new_record(
+    request: &ValidRequest,
+    status: RequestStatus,
+    expires_at: OffsetDateTime,
+    now: OffsetDateTime,
+) -> RequestRecord {
+    RequestRecord {
+        request_id: request.request_id.clone(),
+        phone: request.phone.e164().to_owned(),
+        status,
+        template: request.template.clone(),
+        locale: request.locale.clone(),
+        code_length: request.code_length.get(),
+        ttl_secs: request.ttl.whole_seconds(),
+        delivery_queued: false,
+        created_at: now,
+        expires_at,
+        updated_at: now,
+        carrier: None,
+        carrier_message_id: None,
+        error: None,
+        code_seed: None,
+        code_key_id: None,
+        reason: None,
+    }
+}
+
+/// Keeps a limit refusal as the request's record (`rejected`, with its
+/// reason), so `GET /v1/otp/{request_id}` can tell why no code came.
+fn record_refusal(b: &mut Batch<'_>, request: &ValidRequest, refused: &IssueOutcome, now: OffsetDateTime) {
+    let (reason, error) = match refused {
+        IssueOutcome::RateLimited(limited) => {
+            (RejectReason::RateLimited, format!("{}: retry after {}", limited.rule, limited.retry_at))
+        }
+        IssueOutcome::Quarantined { quarantine: q, .. } => {
+            (RejectReason::SuspectedPumping, format!("prefix +{} quarantined ({})", q.prefix, q.rule))
+        }
+        _ => return,
+    };
+    let record = RequestRecord {
+        reason: Some(reason),
+        error: Some(error),
+        ..new_record(request, RequestStatus::Rejected, now, now)
+    };
+    b.put(TreeId::Requests, request.request_id.as_bytes(), &record);
 }
 
 /// A new code for `phone` kills any older request's code: that request expires.
