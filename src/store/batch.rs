@@ -45,12 +45,13 @@ pub struct Batch<'a> {
     trees: &'a Trees,
     pending: Overlay,
     staged: Overlay,
+    writes: usize,
 }
 
 impl<'a> Batch<'a> {
     /// An empty batch over `trees`.
     pub fn new(trees: &'a Trees) -> Self {
-        Self { trees, pending: Overlay::new(), staged: Overlay::new() }
+        Self { trees, pending: Overlay::new(), staged: Overlay::new(), writes: 0 }
     }
 
     /// The current value of `key`: this batch's, else sled's.
@@ -98,7 +99,14 @@ impl<'a> Batch<'a> {
     /// The staged changes of the current command join the batch.
     pub fn keep(&mut self) {
         let staged = std::mem::take(&mut self.staged);
+        self.writes += staged.len();
         self.pending.extend(staged);
+    }
+
+    /// How many writes commands have kept in this batch so far (a key
+    /// written twice counts twice).
+    pub fn writes(&self) -> usize {
+        self.writes
     }
 
     /// The staged changes of the current command are dropped.

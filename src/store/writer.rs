@@ -221,9 +221,11 @@ struct WriterLoop {
     /// Request ids issued by this process whose delivery is not yet
     /// confirmed, each with the copies waiting for its outcome.
     in_flight: HashMap<String, Vec<Answer<IssueOutcome>>>,
-    /// The current batch holds a command whose answer must be durable (any
-    /// but the `Queued` and `Release` notes: a lost "queued" mark costs at most
-    /// one more SMS of the same code, so it rides on the next flush).
+    /// The current batch holds an answered command that changed something,
+    /// so its answer must wait for a flush. (A command that changed nothing is
+    /// answered without one, and so are the `Queued` and `Release` notes: a
+    /// lost "queued" mark costs at most one more SMS of the same code, so it
+    /// rides on the next flush.)
     must_flush: bool,
     /// A `Flush` command is in the current batch.
     force_flush: bool,
@@ -280,7 +282,13 @@ impl WriterLoop {
     }
 
     fn apply(&mut self, b: &mut Batch<'_>, command: Command, done: &mut Vec<Done>, issued: &mut Vec<String>) {
-        self.must_flush |= !matches!(command, Command::Queued { .. } | Command::Release { .. });
+        let answered = !matches!(command, Command::Queued { .. } | Command::Release { .. });
+        let before = b.writes();
+        self.dispatch(b, command, done, issued);
+        self.must_flush |= answered && b.writes() > before;
+    }
+
+    fn dispatch(&mut self, b: &mut Batch<'_>, command: Command, done: &mut Vec<Done>, issued: &mut Vec<String>) {
         match command {
             Command::Issue { request, now, answer } => {
                 let in_flight = self.in_flight.contains_key(&request.request_id);
@@ -327,7 +335,6 @@ impl WriterLoop {
             }
             Command::Flush { answer } => {
                 self.force_flush = true;
-                self.must_flush = true;
                 later(done, answer, Ok(()))
             }
         }
