@@ -120,6 +120,11 @@ async fn blocked_countries_are_refused() {
     let refused = env.publish(&to("+447911123456", "uk-1")).await;
     assert_eq!(refused.reason, Some(RejectReason::CountryBlocked));
     assert_eq!(events.expect("rejected", "uk-1").await.reason, Some(RejectReason::CountryBlocked));
+    let (status, body) = env.get("/v1/otp/uk-1").await;
+    assert_eq!(
+        (status, body["status"].as_str(), body["reason"].as_str()),
+        (200, Some("rejected"), Some("country_blocked"))
+    );
     let (status, body) = env.post("/v1/otp", json!({"request_id": "uk-2", "phone": "+447911123456"})).await;
     assert_eq!((status, body["reason"].as_str()), (400, Some("country_blocked")));
     assert_eq!(env.publish(&to(PHONE, "us-1")).await.status, ReplyStatus::Accepted);

@@ -133,9 +133,6 @@ impl Generator {
     async fn issue(&self, request: ValidRequest, message: &Inbound) -> Disposition {
         let phone = request.phone.e164().to_owned();
         let id = Some(request.request_id.clone());
-        if let Some(rejection) = self.geo_check(&request) {
-            return self.refuse(id, &phone, rejection, None, message).await;
-        }
         let now = self.clock.now();
         let outcome = match self.track(self.writer.issue(request.clone(), now).await) {
             Ok(outcome) => outcome,
@@ -152,6 +149,11 @@ impl Generator {
             }
             IssueOutcome::Duplicate(existing) => return self.duplicate(&existing, message).await,
             IssueOutcome::InProgress => return Disposition::Retry { after: RETRY_PAUSE },
+            IssueOutcome::CountryBlocked(blocked) => {
+                let rejection =
+                    Rejection { reason: RejectReason::CountryBlocked, detail: crate::store::geo_detail(&blocked) };
+                return self.refuse(id, &phone, rejection, None, message).await;
+            }
             refused @ (IssueOutcome::RateLimited(_) | IssueOutcome::Quarantined { .. }) => {
                 let (rejection, retry_at) = limit_rejection(&refused, now).expect("a limit outcome");
                 return self.refuse(id, &phone, rejection, Some(retry_at), message).await;

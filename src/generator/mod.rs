@@ -118,12 +118,7 @@ impl Generator {
 
     fn geo_check(&self, request: &ValidRequest) -> Option<Rejection> {
         let blocked = self.policy.guards.geo.check(request.phone.e164()).err()?;
-        let detail = if blocked.prefix.is_empty() {
-            "the number's country is not allowed".to_owned()
-        } else {
-            format!("calling code +{} is not allowed", blocked.prefix)
-        };
-        Some(Rejection { reason: RejectReason::CountryBlocked, detail })
+        Some(Rejection { reason: RejectReason::CountryBlocked, detail: crate::store::geo_detail(&blocked) })
     }
 
     /// The geo and limit rules a new code must pass, checked read-only (for

@@ -42,6 +42,8 @@ pub enum IssueOutcome {
     InProgress,
     /// Too many sends to this number: refused until `retry_at`.
     RateLimited(Limited),
+    /// The number's country or calling code is not allowed.
+    CountryBlocked(crate::domain::limits::GeoBlocked),
     /// The number's prefix is quarantined as suspected SMS pumping
     /// (`new`: this request tripped it).
     Quarantined {
@@ -217,6 +219,9 @@ impl Rules {
     /// `Some` refuses it; `None` admits it and counts the send.
     fn admit(&self, b: &mut Batch<'_>, phone: &str, now: OffsetDateTime) -> Result<Option<IssueOutcome>, StoreError> {
         let policies = &self.policies;
+        if let Err(blocked) = policies.geo.check(phone) {
+            return Ok(Some(IssueOutcome::CountryBlocked(blocked)));
+        }
         let prefix = prefix_of(&policies.pumping, phone);
         let (prefix_key, quarantine_key) = (limit_key::prefix(&prefix), limit_key::quarantine(&prefix));
         if let Some(q) = b.get::<Quarantine>(TreeId::Limits, &quarantine_key)?
@@ -299,6 +304,15 @@ impl Rules {
     }
 }
 
+/// Why a geo rule refused a number, for producers and `GET`.
+pub fn geo_detail(blocked: &crate::domain::limits::GeoBlocked) -> String {
+    if blocked.prefix.is_empty() {
+        "the number's country is not allowed".to_owned()
+    } else {
+        format!("calling code +{} is not allowed", blocked.prefix)
+    }
+}
+
 /// A request's record, with nothing delivered yet.
 fn new_record(
     request: &ValidRequest,
@@ -337,6 +351,7 @@ fn record_refusal(b: &mut Batch<'_>, request: &ValidRequest, refused: &IssueOutc
         IssueOutcome::Quarantined { quarantine: q, .. } => {
             (RejectReason::SuspectedPumping, format!("prefix +{} quarantined ({})", q.prefix, q.rule))
         }
+        IssueOutcome::CountryBlocked(blocked) => (RejectReason::CountryBlocked, geo_detail(blocked)),
         _ => return,
     };
     let record = RequestRecord {

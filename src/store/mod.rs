@@ -13,7 +13,7 @@ mod sweep;
 mod tests;
 mod writer;
 
-pub use apply::{CancelOutcome, IssueOutcome, Issued, StatusApplied, StatusUpdate, SweepReport, Verified};
+pub use apply::{CancelOutcome, IssueOutcome, Issued, StatusApplied, StatusUpdate, SweepReport, Verified, geo_detail};
 pub use batch::{Change, TreeId};
 pub use writer::{Writer, WriterSettings};
 
