@@ -130,6 +130,13 @@ async fn every_response_matches_the_served_openapi_document() {
     let phone = "+14155550141";
     let ok = json!({"request_id": "oa-1", "phone": phone});
     assert_eq!(c.call(M::POST, "/v1/otp", "/v1/otp", Key::Api, Some(Body::Json(ok.clone()))).await.0, 202);
+    // The consumer issues it (and counts the send) shortly after the 202.
+    for _ in 0..100 {
+        if c.env.get("/v1/otp/oa-1").await.0 == 200 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
     let again = json!({"request_id": "oa-2", "phone": phone});
     let (status, body) = c.call(M::POST, "/v1/otp", "/v1/otp", Key::Api, Some(Body::Json(again))).await;
     assert_eq!((status, body["reason"].as_str()), (429, Some("rate_limited")), "resend cooldown: {body}");
