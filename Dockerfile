@@ -33,7 +33,7 @@ RUN apt-get update \
 RUN groupadd --gid 10001 otp \
     && useradd --uid 10001 --gid otp --home-dir /var/lib/otp-pipeline --no-create-home \
        --shell /usr/sbin/nologin otp \
-    && install -d -o otp -g otp -m 0700 /var/lib/otp-pipeline
+    && install -d -o otp -g otp -m 0700 /var/lib/otp-pipeline /var/lib/otp-keys
 COPY --from=builder /usr/local/bin/otp-pipeline /usr/local/bin/otp-pipeline
 # /etc/otp-pipeline/compose/*.toml configure the compose services; default.toml
 # documents every key. (Prometheus, Grafana and RabbitMQ files come along unused.)

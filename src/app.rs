@@ -119,7 +119,8 @@ impl GeneratorApp {
             guards: config.limits.clone(),
         };
         config.check_shards(true)?;
-        let broker = Broker::for_shard(&config.broker, "otp-generator", Some(config.generator.shard));
+        let seal = secrets::seal_ring(&config.broker, &data_dir)?;
+        let broker = Broker::for_shard(&config.broker, "otp-generator", Some(config.generator.shard), seal);
         let settings = WriterSettings {
             keys: key,
             policies: policy.guards.clone(),
@@ -298,7 +299,8 @@ impl SenderApp {
     /// Builds the carriers, serving ops and receipt routes on `listener` if given.
     pub fn build_on(config: &Config, clock: Arc<dyn Clock>, listener: Option<TcpListener>) -> Result<Self, AppError> {
         telemetry::metrics();
-        let broker = Broker::new(&config.broker, "otp-sender");
+        let seal = secrets::seal_ring(&config.broker, &config.store.data_dir)?;
+        let broker = Broker::new(&config.broker, "otp-sender", seal);
         let sender = Arc::new(Sender::from_config(config, broker.clone(), clock.clone())?);
         let receipts = http::ReceiptState {
             carriers: Arc::new(config.carriers.clone()),

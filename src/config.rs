@@ -67,6 +67,15 @@ pub struct BrokerConfig {
     pub shards: u16,
     /// `classic` or `quorum` (replicated queues for a RabbitMQ cluster).
     pub queue_type: String,
+    /// The key that seals internal messages (hex, at least 64 hex digits),
+    /// the same in every process of a deployment. Unset: read from
+    /// `internal_key_file`, created by the first process that starts.
+    pub internal_key: Option<String>,
+    /// Where the sealing key lives when `internal_key` is unset
+    /// (default `<store.data_dir>/internal.key`).
+    pub internal_key_file: Option<PathBuf>,
+    /// Retired sealing keys (hex) whose seals are still accepted.
+    pub previous_internal_keys: Vec<String>,
 }
 
 impl Default for BrokerConfig {
@@ -78,6 +87,9 @@ impl Default for BrokerConfig {
             queue_expires_ms: None,
             shards: 1,
             queue_type: "classic".into(),
+            internal_key: None,
+            internal_key_file: None,
+            previous_internal_keys: Vec::new(),
         }
     }
 }

@@ -1,8 +1,9 @@
-//! Server secrets kept beside the data: the HMAC key for code digests and the
-//! HTTP API keys. Either comes from configuration, or from a file in the data
+//! Server secrets kept beside the data: the HMAC key for code digests, the
+//! key that seals internal messages and the HTTP API keys. Either comes from configuration, or from a file in the data
 //! directory that is created (mode 0600) on first start.
 
-use crate::domain::{DigestKey, KeyRing};
+use crate::config::BrokerConfig;
+use crate::domain::{DigestKey, KeyRing, SealKey, SealRing};
 use rand::RngCore;
 use std::fs::{self, OpenOptions};
 use std::io::Write;
@@ -116,6 +117,58 @@ pub fn key_ring(configured: Option<&str>, previous: &[String], data_dir: &Path) 
     Ok(KeyRing::new(current, previous))
 }
 
+/// The ring that seals internal messages: `config.internal_key` (hex) if
+/// set, else the key in `config.internal_key_file` (default
+/// `<data_dir>/internal.key`), created if missing; plus the retired keys.
+pub fn seal_ring(config: &BrokerConfig, data_dir: &Path) -> Result<SealRing, SecretError> {
+    let (hex_key, source) = match &config.internal_key {
+        Some(k) => (k.trim().to_owned(), "broker.internal_key".to_owned()),
+        None => {
+            let path = config.internal_key_file.clone().unwrap_or_else(|| data_dir.join("internal.key"));
+            read_or_create(&path)?;
+            warn_if_shared(&path);
+            (fs::read_to_string(&path).map_err(io(&path))?.trim().to_owned(), path.display().to_string())
+        }
+    };
+    let key = |hex_key: &str, source: &str| {
+        let bytes = hex::decode(hex_key).map_err(|e| SecretError::Invalid(format!("{source}: not hex: {e}")))?;
+        SealKey::new(bytes).map_err(|e| SecretError::Invalid(format!("{source}: {e}")))
+    };
+    let current = key(&hex_key, &source)?;
+    let previous = config
+        .previous_internal_keys
+        .iter()
+        .enumerate()
+        .map(|(i, k)| key(k.trim(), &format!("broker.previous_internal_keys[{i}]")))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(SealRing::new(current, previous))
+}
+
+/// Creates the key file at `path` with a random key unless it exists. Two
+/// processes starting at once agree: the key is written to a private temporary
+/// file and linked into place, which only the first link does.
+fn read_or_create(path: &Path) -> Result<(), SecretError> {
+    if path.exists() {
+        return Ok(());
+    }
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty() && !d.exists()) {
+        fs::create_dir_all(dir).map_err(io(dir))?;
+        fs::set_permissions(dir, fs::Permissions::from_mode(0o700)).map_err(io(dir))?;
+    }
+    let temporary = path.with_extension(format!("tmp-{}", random_hex(8)));
+    create_private(&temporary, &random_hex(32))?;
+    let linked = fs::hard_link(&temporary, path);
+    let _ = fs::remove_file(&temporary);
+    match linked {
+        Ok(()) => {
+            tracing::info!(path = %path.display(), "created a new key for sealing internal messages");
+            Ok(())
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(SecretError::Io { path: path.to_owned(), source: e }),
+    }
+}
+
 /// Shortest API key accepted.
 pub const MIN_API_KEY_LEN: usize = 16;
 
@@ -198,6 +251,29 @@ mod tests {
         assert_eq!(created.as_deref(), Some(keys[0].as_str()));
         let (again, created) = api_keys(&[], dir.path()).unwrap();
         assert_eq!((again, created), (keys, None));
+    }
+
+    #[test]
+    fn the_seal_key_is_created_once_and_shared_by_every_process() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = BrokerConfig::default();
+        let (a, b) = std::thread::scope(|s| {
+            let a = s.spawn(|| seal_ring(&config, dir.path()).unwrap());
+            let b = s.spawn(|| seal_ring(&config, dir.path()).unwrap());
+            (a.join().unwrap(), b.join().unwrap())
+        });
+        assert_eq!(a.id(), b.id());
+        let path = dir.path().join("internal.key");
+        assert_eq!(fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
+        assert_eq!(files(dir.path()), ["internal.key"]);
+        let configured = BrokerConfig { internal_key: Some("ab".repeat(32)), ..Default::default() };
+        assert_ne!(seal_ring(&configured, dir.path()).unwrap().id(), a.id());
+        let short = BrokerConfig { internal_key: Some("ab".repeat(8)), ..Default::default() };
+        assert!(seal_ring(&short, dir.path()).is_err());
+    }
+
+    fn files(dir: &Path) -> Vec<String> {
+        fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect()
     }
 
     #[test]

@@ -299,7 +299,7 @@ impl Sender {
     /// be announced the delivery is requeued (at-least-once: the carrier may
     /// see it twice, with the same code).
     async fn announce(&self, event: &Event, then: Disposition) -> Disposition {
-        let publish = || async { self.broker.publish_to_exchange(&event.status.routing_key(), event, false).await };
+        let publish = || async { self.broker.publish_routed_json(&event.status.routing_key(), event, false).await };
         let policy = backon::ExponentialBuilder::default().with_min_delay(Duration::from_millis(50)).with_max_times(3);
         match publish.retry(policy).sleep(tokio::time::sleep).await {
             Ok(()) => then,

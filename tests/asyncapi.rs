@@ -297,10 +297,10 @@ fn document_is_asyncapi_3_with_the_contract_channels_and_names() {
         set(["requests", "replies", "events", "deliveries", "status", "deadLetters"]),
         "channels"
     );
-    let exchange_binding = |channel: &str| {
+    let exchange_binding = |channel: &str, exchange: &str| {
         let amqp = at(&format!("/channels/{channel}/bindings/amqp"));
         assert_eq!(amqp["is"], "routingKey", "{channel}");
-        assert_eq!(amqp["exchange"]["name"], topology.exchange.as_str(), "{channel}");
+        assert_eq!(amqp["exchange"]["name"], exchange, "{channel}");
         assert_eq!(amqp["exchange"]["type"], "topic", "{channel}");
         assert_eq!(amqp["exchange"]["durable"], true, "{channel}");
         assert_eq!(amqp["bindingVersion"], "0.3.0", "{channel}");
@@ -318,17 +318,19 @@ fn document_is_asyncapi_3_with_the_contract_channels_and_names() {
     assert_eq!(at("/channels/requests/address"), Topology::REQUEST_KEY);
     assert_eq!(at("/channels/requests/x-otp-queue"), topology.requests.as_str());
     assert_eq!(at("/channels/requests/x-otp-exchange"), topology.exchange.as_str());
-    exchange_binding("requests");
+    exchange_binding("requests", &topology.exchange);
 
     // Deliveries (internal): routing key `delivery`, queue `otp.deliveries`.
     assert_eq!(at("/channels/deliveries/address"), Topology::DELIVERY_KEY);
     assert_eq!(at("/channels/deliveries/x-otp-queue"), topology.deliveries.as_str());
     assert_eq!(at("/channels/deliveries/x-otp-internal"), true);
-    exchange_binding("deliveries");
+    assert_eq!(at("/channels/deliveries/x-otp-exchange"), topology.internal.as_str());
+    exchange_binding("deliveries", &topology.internal);
 
     // Status (internal): queue `otp.status` bound to the code's status keys.
     assert_eq!(at("/channels/status/address"), topology.status.as_str());
     assert_eq!(at("/channels/status/x-otp-internal"), true);
+    assert_eq!(at("/channels/status/x-otp-exchange"), topology.internal.as_str());
     assert_eq!(strings(at("/channels/status/x-otp-binding-keys")), set(Topology::STATUS_KEYS));
     assert!(Topology::STATUS_KEYS.contains(&Topology::RECEIPT_KEY));
     queue_binding("status", Some(&topology.status));
@@ -348,7 +350,7 @@ fn document_is_asyncapi_3_with_the_contract_channels_and_names() {
     let event_keys: BTreeSet<String> =
         Topology::STATUS_KEYS.iter().filter_map(|k| k.strip_prefix("event.")).map(str::to_owned).collect();
     assert_eq!(status_keys, event_keys, "StatusEvent kinds are the status queue's event keys");
-    exchange_binding("events");
+    exchange_binding("events", &topology.exchange);
 
     // Replies: the producer's `reply_to` queue, no fixed address.
     assert!(at("/channels/replies/address").is_null());
@@ -370,7 +372,8 @@ fn document_is_asyncapi_3_with_the_contract_channels_and_names() {
             "malformed_delivery",
             "malformed_event",
             "malformed_receipt",
-            "carrier_failed"
+            "carrier_failed",
+            "unsealed"
         ])
     );
 

@@ -658,6 +658,7 @@ fn alert_rules_cover_the_failures_and_use_known_metrics() {
     for wanted in [
         "OtpCarrierCircuitOpen",
         "OtpDeadLettersRising",
+        "OtpUnsealedInternalMessage",
         "OtpBrokerDisconnected",
         "OtpDeliveryLatencyHigh",
         "OtpNoCodesIssued",
@@ -871,6 +872,15 @@ fn alert_rules_fire_when_they_should() {
             ],
             at: "5m",
             fires: &[r#"{reason="malformed_json"}"#],
+        },
+        Case {
+            alert: "OtpUnsealedInternalMessage",
+            series: &[
+                (r#"otp_dead_letters_total{reason="unsealed",instance="sender-1:9091"}"#, "0 0 0 1 1 1"),
+                (r#"otp_dead_letters_total{reason="malformed_json",instance="generator:8080"}"#, "0 0 0 1 2 3"),
+            ],
+            at: "5m",
+            fires: &[r#"{instance="sender-1:9091"}"#],
         },
         Case {
             alert: "OtpBrokerDisconnected",

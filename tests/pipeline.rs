@@ -421,21 +421,7 @@ async fn a_batch_of_deliveries_is_sent_and_only_its_refused_delivery_is_dead_let
     };
     let batch = [delivery("b-1", "+14155550171"), delivery("b-2", refused), delivery("b-3", "+14155550173")];
     let body = otp_pipeline::generator::outbox::encode_deliveries(&batch.iter().collect::<Vec<_>>());
-    let (connection, channel) = common::open_channel().await;
-    let properties = lapin::BasicProperties::default().with_delivery_mode(2);
-    channel
-        .basic_publish(
-            env.topology.exchange.as_str().into(),
-            Topology::DELIVERY_KEY.into(),
-            Default::default(),
-            &body,
-            properties,
-        )
-        .await
-        .unwrap()
-        .await
-        .unwrap();
-    let _ = connection.close(200, "bye".into()).await;
+    env.publish_internal(Topology::DELIVERY_KEY, &body, true).await;
     events.expect("sent", "b-1").await;
     events.expect("sent", "b-3").await;
     assert!(events.expect("failed", "b-2").await.error.unwrap().contains("400"));

@@ -1,8 +1,11 @@
 //! The supervised broker connection: connects (and reconnects) with backoff,
 //! declares the topology, runs the consumers and offers confirmed publishing.
+//! It seals what the service publishes on its internal exchange and refuses
+//! (dead-letters) what arrives on an internal queue without a valid seal.
 
 use crate::broker::{BrokerError, Disposition, Handler, Inbound, Topology};
 use crate::config::BrokerConfig;
+use crate::domain::{SealError, SealRing};
 use crate::telemetry::names;
 use backon::BackoffBuilder;
 use futures_lite::StreamExt;
@@ -35,6 +38,7 @@ pub struct Broker {
     name: String,
     prefetch: u16,
     topology: Topology,
+    seal: SealRing,
     publisher: RwLock<Option<Channel>>,
     /// The connection the publisher channel belongs to (to reopen it).
     connection: RwLock<Option<Arc<Connection>>>,
@@ -61,15 +65,16 @@ async fn wait_until_open(channel: &Channel, limit: Duration) {
 }
 
 impl Broker {
-    /// A broker handle for the process `name` (shown in RabbitMQ's UI).
-    /// Nothing connects until [`Broker::run`].
-    pub fn new(config: &BrokerConfig, name: &str) -> Arc<Self> {
-        Self::for_shard(config, name, None)
+    /// A broker handle for the process `name` (shown in RabbitMQ's UI) that
+    /// seals internal messages with `seal`. Nothing connects until [`Broker::run`].
+    pub fn new(config: &BrokerConfig, name: &str, seal: SealRing) -> Arc<Self> {
+        Self::for_shard(config, name, None, seal)
     }
 
     /// Like [`Broker::new`], for generator shard `shard` of `config.shards`.
-    pub fn for_shard(config: &BrokerConfig, name: &str, shard: Option<u16>) -> Arc<Self> {
+    pub fn for_shard(config: &BrokerConfig, name: &str, shard: Option<u16>, seal: SealRing) -> Arc<Self> {
         Arc::new(Self {
+            seal,
             url: config.url.clone(),
             // The prefix in the name tells tenants' connections apart in RabbitMQ's UI.
             name: if config.prefix.is_empty() { name.to_owned() } else { format!("{name} ({})", config.prefix) },
@@ -202,14 +207,51 @@ impl Broker {
         self.publish(exchange, routing_key, &body, json_properties(), mandatory).await
     }
 
-    /// Publishes to the contract's exchange.
-    pub async fn publish_to_exchange<T: Serialize>(
+    /// Publishes `body` with `routing_key` where the service publishes it
+    /// ([`Topology::exchange_for`]): requests to the public exchange, all else
+    /// to the internal one, sealed (header `x-otp-seal`).
+    pub async fn publish_routed(
+        &self,
+        routing_key: &str,
+        body: &[u8],
+        properties: BasicProperties,
+        mandatory: bool,
+    ) -> Result<(), BrokerError> {
+        let exchange = self.topology.exchange_for(routing_key);
+        let properties = if exchange == self.topology.internal {
+            let mut headers = properties.headers().clone().unwrap_or_default();
+            let seal = self.seal.seal(routing_key, body);
+            headers.insert(ShortString::from(Topology::SEAL_HEADER), AMQPValue::LongString(seal.into()));
+            properties.with_headers(headers)
+        } else {
+            properties
+        };
+        self.publish(exchange, routing_key, body, properties, mandatory).await
+    }
+
+    /// Serializes `value` as JSON and publishes it like [`Broker::publish_routed`].
+    pub async fn publish_routed_json<T: Serialize>(
         &self,
         routing_key: &str,
         value: &T,
         mandatory: bool,
     ) -> Result<(), BrokerError> {
-        self.publish_json(&self.topology.exchange, routing_key, value, mandatory).await
+        let body = serde_json::to_vec(value).expect("message types always serialize");
+        self.publish_routed(routing_key, &body, json_properties(), mandatory).await
+    }
+
+    /// Whether a message taken from `queue` may be handled: on an internal
+    /// queue it must carry a valid seal.
+    fn check_seal(&self, queue: &str, delivery: &lapin::message::Delivery) -> Result<(), SealError> {
+        if !self.topology.is_internal(queue) {
+            return Ok(());
+        }
+        let seal = delivery.properties.headers().as_ref().and_then(|h| match h.inner().get(Topology::SEAL_HEADER) {
+            Some(AMQPValue::LongString(s)) => std::str::from_utf8(s.as_bytes()).ok().map(str::to_owned),
+            Some(AMQPValue::ShortString(s)) => Some(s.as_str().to_owned()),
+            _ => None,
+        });
+        self.seal.open(delivery.routing_key.as_str(), &delivery.data, seal.as_deref())
     }
 
     async fn open(&self) -> Result<Arc<Connection>, BrokerError> {
@@ -330,6 +372,7 @@ impl Broker {
             loops.spawn(self.clone().consume(
                 channel,
                 consumer,
+                sub.queue.clone(),
                 tag,
                 sub.handler.clone(),
                 tracker.clone(),
@@ -349,6 +392,7 @@ impl Broker {
         self: Arc<Self>,
         channel: Channel,
         mut consumer: lapin::Consumer,
+        queue: String,
         tag: String,
         handler: Arc<dyn Handler>,
         tracker: TaskTracker,
@@ -373,9 +417,13 @@ impl Broker {
                 Some(Ok(delivery)) => {
                     let broker = self.clone();
                     let handler = handler.clone();
+                    let sealed = self.check_seal(&queue, &delivery);
                     tracker.spawn(async move {
-                        let inbound = Inbound::from(&delivery);
-                        let disposition = handler.handle(inbound).await;
+                        let disposition = match sealed {
+                            Ok(()) => handler.handle(Inbound::from(&delivery)).await,
+                            // Forged or from another deployment: never handled.
+                            Err(e) => Disposition::DeadLetter { reason: "unsealed", error: e.to_string() },
+                        };
                         broker.settle(delivery, disposition).await;
                     });
                 }

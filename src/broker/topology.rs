@@ -1,14 +1,20 @@
 //! The contract's exchanges and queues, named from a configurable prefix.
 
-use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
+use lapin::options::{ExchangeBindOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
 use lapin::types::{AMQPValue, FieldTable, ShortString};
 use lapin::{Channel, ExchangeKind};
 
 /// Every name of the AMQP contract, with the prefix applied.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Topology {
-    /// Topic exchange producers publish to (`otp`).
+    /// Topic exchange producers publish to (`otp`); events reach it from
+    /// `internal`.
     pub exchange: String,
+    /// Topic exchange of the service's own hops (`otp.internal`): deliveries,
+    /// status events, receipts, requests forwarded between shards. Only the
+    /// service's RabbitMQ user may write to it; it forwards `event.#` to
+    /// `exchange`.
+    pub internal: String,
     /// Requests queue (`otp.requests`).
     pub requests: String,
     /// Deliveries queue (`otp.deliveries`, internal).
@@ -47,6 +53,10 @@ impl Topology {
     pub const REASON_HEADER: &'static str = "x-otp-reason";
     /// Set on a dead letter whose original headers were too large to copy.
     pub const HEADERS_DROPPED_HEADER: &'static str = "x-otp-headers-dropped";
+    /// Header carrying an internal message's seal (see [`crate::domain::SealRing`]).
+    pub const SEAL_HEADER: &'static str = "x-otp-seal";
+    /// What `internal` forwards to the public exchange.
+    pub const PUBLIC_KEYS: &'static str = "event.#";
 
     /// Names under `prefix` (empty for the contract's defaults).
     /// `queue_expires_ms` (tests only) lets idle queues delete themselves,
@@ -55,6 +65,7 @@ impl Topology {
         let name = |s: &str| format!("{prefix}{s}");
         Self {
             exchange: name("otp"),
+            internal: name("otp.internal"),
             requests: name("otp.requests"),
             deliveries: name("otp.deliveries"),
             status: name("otp.status"),
@@ -116,7 +127,9 @@ impl Topology {
     }
 
     /// Declares (idempotently) everything: durable exchanges and queues,
-    /// bindings, and the dead-letter route of each work queue.
+    /// bindings, and the dead-letter route of each work queue. Internal
+    /// queues are bound to `internal` only; bindings of older versions that
+    /// fed them from the public exchange are removed.
     pub async fn declare(&self, channel: &Channel) -> Result<(), lapin::Error> {
         // With expiring queues (tests), exchanges go once their last queue has.
         let durable = ExchangeDeclareOptions {
@@ -124,36 +137,44 @@ impl Topology {
             auto_delete: self.queue_expires_ms.is_some(),
             ..Default::default()
         };
-        for exchange in [&self.exchange, &self.dlx] {
+        for exchange in [&self.exchange, &self.internal, &self.dlx] {
             channel
                 .exchange_declare(exchange.as_str().into(), ExchangeKind::Topic, durable, FieldTable::default())
                 .await?;
         }
+        channel
+            .exchange_bind(
+                self.exchange.as_str().into(),
+                self.internal.as_str().into(),
+                Self::PUBLIC_KEYS.into(),
+                ExchangeBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
         let queue = QueueDeclareOptions { durable: true, ..Default::default() };
-        let shard_key = self.shard.map(crate::domain::sharding::request_key);
-        let mut work: Vec<(&String, &String, Vec<&str>)> = vec![
-            (&self.ingress, &self.exchange, vec![Self::REQUEST_KEY]),
-            (&self.deliveries, &self.exchange, vec![Self::DELIVERY_KEY]),
-        ];
-        // A sharded sender declares no status queue: each shard has its own.
-        if self.shards <= 1 || self.shard.is_some() {
-            work.push((&self.status, &self.exchange, Self::STATUS_KEYS.to_vec()));
-        }
-        if let Some(key) = &shard_key {
-            work.push((&self.requests, &self.exchange, vec![key.as_str()]));
-        }
-        for (name, exchange, keys) in work {
+        for (name, exchange, keys) in self.work_queues() {
             channel.queue_declare(name.as_str().into(), queue, self.queue_args(true)).await?;
-            for key in keys {
+            for key in &keys {
                 channel
                     .queue_bind(
                         name.as_str().into(),
                         exchange.as_str().into(),
-                        (*key).into(),
+                        key.as_str().into(),
                         QueueBindOptions::default(),
                         FieldTable::default(),
                     )
                     .await?;
+                if exchange == &self.internal {
+                    // Before 0.3, internal queues were fed from the public exchange.
+                    channel
+                        .queue_unbind(
+                            name.as_str().into(),
+                            self.exchange.as_str().into(),
+                            key.as_str().into(),
+                            FieldTable::default(),
+                        )
+                        .await?;
+                }
             }
         }
         channel.queue_declare(self.dead.as_str().into(), queue, self.queue_args(false)).await?;
@@ -167,6 +188,37 @@ impl Topology {
             )
             .await?;
         Ok(())
+    }
+
+    /// Each work queue this process declares, its exchange and binding keys:
+    /// producers' requests from the public exchange, everything else from
+    /// the internal one.
+    fn work_queues(&self) -> Vec<(&String, &String, Vec<String>)> {
+        let mut work = vec![
+            (&self.ingress, &self.exchange, vec![Self::REQUEST_KEY.to_owned()]),
+            (&self.deliveries, &self.internal, vec![Self::DELIVERY_KEY.to_owned()]),
+        ];
+        // A sharded sender declares no status queue: each shard has its own.
+        if self.shards <= 1 || self.shard.is_some() {
+            work.push((&self.status, &self.internal, Self::STATUS_KEYS.map(str::to_owned).to_vec()));
+        }
+        if let Some(k) = self.shard.filter(|_| self.shards > 1) {
+            work.push((&self.requests, &self.internal, vec![crate::domain::sharding::request_key(k)]));
+        }
+        work
+    }
+
+    /// Whether messages on `queue` must carry the service's seal: every
+    /// queue but the producers' requests queue.
+    pub fn is_internal(&self, queue: &str) -> bool {
+        queue != self.ingress && queue != self.dead
+    }
+
+    /// The exchange a message with `routing_key` is published to by the
+    /// service: requests (`request`, from `POST /v1/otp`) to the public one,
+    /// like any producer's; everything else to the internal one.
+    pub fn exchange_for(&self, routing_key: &str) -> &str {
+        if routing_key == Self::REQUEST_KEY { &self.exchange } else { &self.internal }
     }
 }
 
@@ -198,9 +250,19 @@ mod tests {
     }
 
     #[test]
+    fn only_producers_requests_come_from_the_public_exchange() {
+        let t = Topology::new("", None).sharded(Some(1), 2);
+        let public: Vec<&String> = t.work_queues().into_iter().filter(|w| w.1 == &t.exchange).map(|w| w.0).collect();
+        assert_eq!(public, [&t.ingress]);
+        assert!(!t.is_internal(&t.ingress) && t.is_internal(&t.requests) && t.is_internal(&t.deliveries));
+        assert_eq!((t.exchange_for("request"), t.exchange_for("request.1")), ("otp", "otp.internal"));
+        assert_eq!(t.exchange_for("event.sent"), "otp.internal");
+    }
+
+    #[test]
     fn prefix_applies_to_every_name() {
         let t = Topology::new("t1.", None);
-        for n in [&t.exchange, &t.requests, &t.deliveries, &t.status, &t.dlx, &t.dead] {
+        for n in [&t.exchange, &t.internal, &t.requests, &t.deliveries, &t.status, &t.dlx, &t.dead] {
             assert!(n.starts_with("t1.otp"), "{n}");
         }
     }

@@ -13,6 +13,7 @@ pub mod messages;
 pub mod phone;
 pub mod request;
 pub mod routing;
+pub mod seal;
 pub mod sharding;
 pub mod template;
 pub mod verification;
@@ -25,5 +26,6 @@ pub use messages::{Delivery, Event, EventKind, ReceiptMessage, Reply, ReplyStatu
 pub use phone::{Phone, PhoneError};
 pub use request::{DecodeError, Limits, RawRequest, RejectReason, Rejection, ValidRequest};
 pub use routing::{Route, Routes, RoutingError};
+pub use seal::{SealError, SealKey, SealRing};
 pub use template::{TemplateError, Templates};
 pub use verification::{CodeRecord, Transition, VerifyOutcome, decide};

@@ -80,8 +80,7 @@ async fn coalesce(broker: Arc<Broker>, mut waiting: mpsc::UnboundedReceiver<Wait
         let broker = broker.clone();
         tokio::spawn(async move {
             let body = encode_deliveries(&batch.iter().map(|(d, _)| d).collect::<Vec<_>>());
-            let exchange = broker.topology().exchange.clone();
-            let result = broker.publish(&exchange, Topology::DELIVERY_KEY, &body, json_properties(), true).await;
+            let result = broker.publish_routed(Topology::DELIVERY_KEY, &body, json_properties(), true).await;
             let result = result.map_err(Arc::new);
             drop(slot);
             for (_, answer) in batch {
@@ -105,7 +104,7 @@ impl Outbox for BrokerOutbox {
     }
 
     fn announce(&self, event: Event) -> BoxFuture<'_, Result<(), BrokerError>> {
-        Box::pin(async move { self.broker.publish_to_exchange(&event.status.routing_key(), &event, false).await })
+        Box::pin(async move { self.broker.publish_routed_json(&event.status.routing_key(), &event, false).await })
     }
 
     fn reply(
@@ -133,16 +132,14 @@ impl Outbox for BrokerOutbox {
             if let Some(id) = message.correlation_id {
                 properties = properties.with_correlation_id(id.into());
             }
-            let exchange = self.broker.topology().exchange.clone();
-            self.broker.publish(&exchange, &routing_key, &message.body, properties, true).await
+            self.broker.publish_routed(&routing_key, &message.body, properties, true).await
         })
     }
 
     fn submit(&self, routing_key: String, body: Vec<u8>, timestamp: u64) -> BoxFuture<'_, Result<(), BrokerError>> {
         Box::pin(async move {
             let properties = json_properties().with_timestamp(timestamp);
-            let exchange = self.broker.topology().exchange.clone();
-            self.broker.publish(&exchange, &routing_key, &body, properties, true).await
+            self.broker.publish_routed(&routing_key, &body, properties, true).await
         })
     }
 }

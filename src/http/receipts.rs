@@ -201,7 +201,7 @@ impl ReceiptState {
                 error: receipt.error,
                 at: self.clock.now(),
             };
-            if let Err(e) = self.broker.publish_to_exchange(Topology::RECEIPT_KEY, &message, true).await {
+            if let Err(e) = self.broker.publish_routed_json(Topology::RECEIPT_KEY, &message, true).await {
                 // The carrier retries a callback that did not get a 2xx.
                 tracing::warn!(carrier, error = %e, "could not forward a delivery receipt");
                 return (StatusCode::SERVICE_UNAVAILABLE, axum::Json(json!({"error": "try again"}))).into_response();

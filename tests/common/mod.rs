@@ -174,17 +174,15 @@ impl TestEnv {
         RawRequest { request_id: request_id.into(), phone: PHONE.into(), ..Default::default() }
     }
 
-    /// Publishes like a producer and waits for the reply.
+    /// Publishes like a producer (as the test broker's own user, not
+    /// necessarily the service's) and waits for the reply.
     pub async fn publish(&self, request: &RawRequest) -> Reply {
-        client::publish(&self.config.broker.url, &self.topology, request, Some(WAIT))
-            .await
-            .expect("publish")
-            .expect("a reply")
+        client::publish(&amqp_url(), &self.topology, request, Some(WAIT)).await.expect("publish").expect("a reply")
     }
 
     /// Publishes raw bytes without waiting for a reply.
     pub async fn publish_bytes(&self, body: &[u8]) {
-        client::publish_bytes(&self.config.broker.url, &self.topology, body, None).await.expect("publish");
+        client::publish_bytes(&amqp_url(), &self.topology, body, None).await.expect("publish");
     }
 
     pub fn url(&self, route: &str) -> String {
@@ -328,7 +326,7 @@ impl TestEnv {
         for q in [&t.requests, &t.deliveries, &t.status, &t.dead] {
             channel.queue_delete(q.as_str().into(), QueueDeleteOptions::default()).await.unwrap();
         }
-        for x in [&t.exchange, &t.dlx] {
+        for x in [&t.exchange, &t.internal, &t.dlx] {
             channel.exchange_delete(x.as_str().into(), ExchangeDeleteOptions::default()).await.unwrap();
         }
         let _ = connection.close(200, "bye".into()).await;
@@ -336,6 +334,29 @@ impl TestEnv {
 
     pub fn data_dir(&self) -> std::path::PathBuf {
         self.dir.path().join("data")
+    }
+
+    /// Publishes `body` on the internal exchange as the service does,
+    /// sealed with this deployment's key (`forged`: with no seal at all).
+    pub async fn publish_internal(&self, routing_key: &str, body: &[u8], sealed: bool) {
+        let mut headers = FieldTable::default();
+        if sealed {
+            let ring = otp_pipeline::secrets::seal_ring(&self.config.broker, &self.data_dir()).unwrap();
+            let seal = ring.seal(routing_key, body);
+            headers.insert(Topology::SEAL_HEADER.into(), AMQPValue::LongString(seal.into()));
+        }
+        let (connection, channel) = open_channel().await;
+        channel.confirm_select(Default::default()).await.unwrap();
+        let properties = lapin::BasicProperties::default().with_delivery_mode(2).with_headers(headers);
+        let exchange = self.topology.internal.as_str();
+        let confirm = channel
+            .basic_publish(exchange.into(), routing_key.into(), Default::default(), body, properties)
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+        assert!(confirm.is_ack());
+        let _ = connection.close(200, "bye".into()).await;
     }
 }
 
@@ -352,7 +373,7 @@ pub async fn delete_topology(t: &Topology) {
     for q in [&t.requests, &t.deliveries, &t.status, &t.dead] {
         channel.queue_delete(q.as_str().into(), QueueDeleteOptions::default()).await.unwrap();
     }
-    for x in [&t.exchange, &t.dlx] {
+    for x in [&t.exchange, &t.internal, &t.dlx] {
         channel.exchange_delete(x.as_str().into(), ExchangeDeleteOptions::default()).await.unwrap();
     }
     let _ = connection.close(200, "bye".into()).await;
@@ -482,20 +503,39 @@ pub const PRODUCER_USER: &str = "otp-test-producer";
 /// An AMQP URL as that producer user (created with `rabbitmqctl` once per
 /// test process; the broker must run on this machine).
 pub fn producer_url() -> String {
-    static READY: std::sync::OnceLock<()> = std::sync::OnceLock::new();
-    const PASSWORD: &str = "producer-secret-0123456789";
-    READY.get_or_init(|| {
-        let ctl = |args: &[&str]| {
-            let out = std::process::Command::new("rabbitmqctl").args(args).output().expect("run rabbitmqctl");
-            (out.status.success(), String::from_utf8_lossy(&out.stderr).into_owned())
-        };
-        let (added, error) = ctl(&["add_user", PRODUCER_USER, PASSWORD]);
-        if !added {
-            assert!(error.contains("already exists"), "rabbitmqctl add_user: {error}");
-            assert!(ctl(&["change_password", PRODUCER_USER, PASSWORD]).0, "rabbitmqctl change_password");
-        }
-        let (set, error) = ctl(&["set_permissions", "-p", "/", PRODUCER_USER, "^$", "^(.*\\.)?otp$", "^$"]);
-        assert!(set, "rabbitmqctl set_permissions: {error}");
-    });
-    format!("amqp://{PRODUCER_USER}:{PASSWORD}@127.0.0.1:5672/%2f")
+    static READY: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    READY.get_or_init(|| rabbit_user(PRODUCER_USER, ["^$", "^(t-[0-9a-f]+\\.)?otp$", "^$"])).clone()
+}
+
+/// The service's user as the README's trust boundaries describe it, for
+/// test prefixes: everything named `otp…`, and the default exchange (replies).
+pub const SERVICE_USER: &str = "otp-test-service";
+
+/// An AMQP URL as that service user.
+pub fn service_url() -> String {
+    static READY: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    const OURS: &str = "^(t-[0-9a-f]+\\.)?otp(\\..+)?$";
+    let write = format!("{OURS}|^amq\\.default$");
+    READY.get_or_init(|| rabbit_user(SERVICE_USER, [OURS, &write, OURS])).clone()
+}
+
+/// Runs `rabbitmqctl` (it ships with RabbitMQ); whether it succeeded, and its stderr.
+pub fn rabbitmqctl(args: &[&str]) -> (bool, String) {
+    let out = std::process::Command::new("rabbitmqctl").args(args).output().expect("run rabbitmqctl");
+    (out.status.success(), String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+/// Creates (or resets) `user` with `[configure, write, read]` permissions on
+/// vhost `/`; its AMQP URL.
+fn rabbit_user(user: &str, permissions: [&str; 3]) -> String {
+    const PASSWORD: &str = "test-user-secret-0123456789";
+    let (added, error) = rabbitmqctl(&["add_user", user, PASSWORD]);
+    if !added {
+        assert!(error.contains("already exists"), "rabbitmqctl add_user: {error}");
+        assert!(rabbitmqctl(&["change_password", user, PASSWORD]).0, "rabbitmqctl change_password");
+    }
+    let [configure, write, read] = permissions;
+    let (set, error) = rabbitmqctl(&["set_permissions", "-p", "/", user, configure, write, read]);
+    assert!(set, "rabbitmqctl set_permissions: {error}");
+    format!("amqp://{user}:{PASSWORD}@127.0.0.1:5672/%2f")
 }
