@@ -76,7 +76,8 @@ impl KeyReloader {
     pub fn reload(&self) -> Result<usize, AppError> {
         let config = Config::load(self.config_path.as_deref())?;
         let (keys, _) = secrets::api_keys(&config.http.api_keys, &self.data_dir)?;
-        self.keys.replace(&keys);
+        secrets::check_scoped_keys(&config.http.scoped_api_keys, &keys)?;
+        self.keys.replace(&keys, &config.http.scoped_api_keys);
         Ok(keys.len())
     }
 
@@ -131,7 +132,8 @@ impl GeneratorApp {
         let writer = Writer::start(store, settings)?;
         let outbox = BrokerOutbox::new(broker.clone());
         let generator = Arc::new(Generator::new(writer, policy, outbox, broker.topology().clone(), clock));
-        let api_keys = Arc::new(ApiKeys::new(&keys));
+        secrets::check_scoped_keys(&config.http.scoped_api_keys, &keys)?;
+        let api_keys = Arc::new(ApiKeys::with_scopes(&keys, &config.http.scoped_api_keys));
         let gate = Arc::new(Gate::new(api_keys.clone(), config.http.rate_per_key_per_sec, config.http.burst_per_key));
         if config.http.admin_api_keys.iter().any(|k| k.trim().len() < secrets::MIN_API_KEY_LEN) {
             let detail = format!("http.admin_api_keys must be at least {} characters each", secrets::MIN_API_KEY_LEN);

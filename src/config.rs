@@ -199,6 +199,9 @@ pub struct HttpConfig {
     /// Accepted bearer keys. If empty, keys are read from `<data_dir>/api_keys`
     /// (one per line), created with one random key on first start.
     pub api_keys: Vec<String>,
+    /// Keys scoped to one application each (application name → its keys):
+    /// such a key sees only the requests made with its application's keys.
+    pub scoped_api_keys: BTreeMap<String, Vec<String>>,
     /// Largest request body accepted, bytes.
     pub max_body_bytes: usize,
     /// Keys of the operator routes (`/v1/admin/*`: list and lift quarantines),
@@ -236,6 +239,7 @@ impl Default for HttpConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             api_keys: Vec::new(),
             admin_api_keys: Vec::new(),
+            scoped_api_keys: BTreeMap::new(),
             max_body_bytes: 16 * 1024,
             rate_per_key_per_sec: 200,
             burst_per_key: 400,
@@ -696,8 +700,10 @@ mod tests {
             // Variables outside a section are not configuration (`--config`'s own, tests').
             jail.set_env("OTP_CONFIG", "c.toml");
             jail.set_env("OTP_TEST_AMQP_URL", "amqp://elsewhere");
+            jail.set_env("OTP_HTTP__SCOPED_API_KEYS", r#"{billing=["billing-key-0123456789"]}"#);
             let c = Config::load(Some(Path::new("c.toml"))).map_err(|e| e.to_string())?;
             assert_eq!(c.broker.prefix, "from-env.");
+            assert_eq!(c.http.scoped_api_keys["billing"], ["billing-key-0123456789"]);
             assert_eq!(c.http.listen.port(), 1);
             Ok(())
         });

@@ -5,6 +5,7 @@
 use crate::config::BrokerConfig;
 use crate::domain::{DigestKey, KeyRing, SealKey, SealRing};
 use rand::RngCore;
+use std::collections::BTreeMap;
 use std::fs::{self, OpenOptions};
 use std::io::Write;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
@@ -172,6 +173,35 @@ fn read_or_create(path: &Path) -> Result<(), SecretError> {
 /// Shortest API key accepted.
 pub const MIN_API_KEY_LEN: usize = 16;
 
+/// Checks `http.scoped_api_keys`: application names of 1–64 letters, digits,
+/// `.`, `_` or `-`; keys of at least [`MIN_API_KEY_LEN`] characters, none
+/// also unscoped (in `unscoped`) or given to two applications.
+pub fn check_scoped_keys(scoped: &BTreeMap<String, Vec<String>>, unscoped: &[String]) -> Result<(), SecretError> {
+    let mut seen: std::collections::HashSet<&str> = unscoped.iter().map(String::as_str).collect();
+    for (app, keys) in scoped {
+        let name_ok = (1..=64).contains(&app.len())
+            && app.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+        if !name_ok {
+            return Err(SecretError::Invalid(format!(
+                "http.scoped_api_keys: application name {app:?} must be 1-64 letters, digits, '.', '_' or '-'"
+            )));
+        }
+        for key in keys {
+            if key.trim().len() < MIN_API_KEY_LEN {
+                return Err(SecretError::Invalid(format!(
+                    "http.scoped_api_keys.{app}: keys must be at least {MIN_API_KEY_LEN} characters"
+                )));
+            }
+            if !seen.insert(key.trim()) {
+                return Err(SecretError::Invalid(format!(
+                    "http.scoped_api_keys.{app}: a key is also another application's or unscoped"
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
 /// API keys: `configured` if not empty, else the lines of `<data_dir>/api_keys`.
 /// If that file does not exist it is created with one random key, which is
 /// returned as the second value so the caller can show it once.
@@ -274,6 +304,17 @@ mod tests {
 
     fn files(dir: &Path) -> Vec<String> {
         fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect()
+    }
+
+    #[test]
+    fn scoped_keys_need_good_names_long_keys_and_no_key_twice() {
+        let scoped = |app: &str, key: &str| BTreeMap::from([(app.to_owned(), vec![key.to_owned()])]);
+        let unscoped = vec!["unscoped-key-0123456789".to_owned()];
+        assert!(check_scoped_keys(&scoped("billing", "billing-key-0123456789"), &unscoped).is_ok());
+        assert!(check_scoped_keys(&scoped("bill ing", "billing-key-0123456789"), &unscoped).is_err());
+        assert!(check_scoped_keys(&scoped("", "billing-key-0123456789"), &unscoped).is_err());
+        assert!(check_scoped_keys(&scoped("billing", "short"), &unscoped).is_err());
+        assert!(check_scoped_keys(&scoped("billing", "unscoped-key-0123456789"), &unscoped).is_err());
     }
 
     #[test]

@@ -229,7 +229,7 @@ async fn unsealed_internal_messages_from_a_shared_user_are_dead_lettered() {
     // Sealed, but under another deployment's key.
     let theirs = otp_pipeline::domain::SealRing::new(otp_pipeline::domain::SealKey::new(vec![7; 32]).unwrap(), vec![]);
     let mut headers = FieldTable::default();
-    let seal = theirs.seal(Topology::DELIVERY_KEY, &phishing);
+    let seal = theirs.seal(Topology::DELIVERY_KEY, None, &phishing);
     headers.insert(ShortString::from(Topology::SEAL_HEADER), AMQPValue::LongString(seal.into()));
     let (connection, channel) = common::open_channel().await;
     let properties = BasicProperties::default().with_headers(headers).with_delivery_mode(2);

@@ -43,6 +43,8 @@ async fn two_generator_shards_split_the_numbers_and_answer_for_each_other() {
     config.generator.shard = 1;
     config.http.listen = format!("127.0.0.1:{}", ports[1]).parse().unwrap();
     config.store.data_dir = other_dir.path().to_owned();
+    // Every process of a deployment shares the key that seals internal messages.
+    config.broker.internal_key_file = Some(env.data_dir().join("internal.key"));
     let clock: Arc<dyn Clock> = Arc::new(env.clock.clone());
     let shard1 = GeneratorApp::build(&config, clock).await.expect("shard 1 builds");
     let broker1 = shard1.broker();

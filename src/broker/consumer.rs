@@ -21,6 +21,9 @@ pub struct Inbound {
     pub correlation_id: Option<String>,
     /// Whether the broker delivered it before (after a crash or a requeue).
     pub redelivered: bool,
+    /// The application (scoped API key) a request was made for, from a
+    /// sealed `x-otp-owner` header; `None` for producers' own requests.
+    pub owner: Option<String>,
 }
 
 impl From<&lapin::message::Delivery> for Inbound {
@@ -31,6 +34,7 @@ impl From<&lapin::message::Delivery> for Inbound {
             reply_to: d.properties.reply_to().as_ref().map(|s| s.to_string()),
             correlation_id: d.properties.correlation_id().as_ref().map(|s| s.to_string()),
             redelivered: d.redelivered,
+            owner: None,
         }
     }
 }

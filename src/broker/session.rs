@@ -209,19 +209,24 @@ impl Broker {
 
     /// Publishes `body` with `routing_key` where the service publishes it
     /// ([`Topology::exchange_for`]): requests to the public exchange, all else
-    /// to the internal one, sealed (header `x-otp-seal`).
+    /// to the internal one, sealed (header `x-otp-seal`). A request made with
+    /// a scoped API key carries its application in `x-otp-owner`, sealed too.
     pub async fn publish_routed(
         &self,
         routing_key: &str,
+        owner: Option<&str>,
         body: &[u8],
         properties: BasicProperties,
         mandatory: bool,
     ) -> Result<(), BrokerError> {
         let exchange = self.topology.exchange_for(routing_key);
-        let properties = if exchange == self.topology.internal {
+        let properties = if exchange == self.topology.internal || owner.is_some() {
             let mut headers = properties.headers().clone().unwrap_or_default();
-            let seal = self.seal.seal(routing_key, body);
+            let seal = self.seal.seal(routing_key, owner, body);
             headers.insert(ShortString::from(Topology::SEAL_HEADER), AMQPValue::LongString(seal.into()));
+            if let Some(owner) = owner {
+                headers.insert(ShortString::from(Topology::OWNER_HEADER), AMQPValue::LongString(owner.into()));
+            }
             properties.with_headers(headers)
         } else {
             properties
@@ -237,21 +242,27 @@ impl Broker {
         mandatory: bool,
     ) -> Result<(), BrokerError> {
         let body = serde_json::to_vec(value).expect("message types always serialize");
-        self.publish_routed(routing_key, &body, json_properties(), mandatory).await
+        self.publish_routed(routing_key, None, &body, json_properties(), mandatory).await
     }
 
-    /// Whether a message taken from `queue` may be handled: on an internal
-    /// queue it must carry a valid seal.
-    fn check_seal(&self, queue: &str, delivery: &lapin::message::Delivery) -> Result<(), SealError> {
-        if !self.topology.is_internal(queue) {
-            return Ok(());
+    /// Whether a message taken from `queue` may be handled, and the owner it
+    /// vouches for: on an internal queue it must carry a valid seal; on the
+    /// public one, only a message that names an owner must.
+    fn check_seal(&self, queue: &str, delivery: &lapin::message::Delivery) -> Result<Option<String>, SealError> {
+        let header = |name: &str| {
+            delivery.properties.headers().as_ref().and_then(|h| match h.inner().get(name) {
+                Some(AMQPValue::LongString(s)) => std::str::from_utf8(s.as_bytes()).ok().map(str::to_owned),
+                Some(AMQPValue::ShortString(s)) => Some(s.as_str().to_owned()),
+                _ => None,
+            })
+        };
+        let owner = header(Topology::OWNER_HEADER);
+        if !self.topology.is_internal(queue) && owner.is_none() {
+            return Ok(None);
         }
-        let seal = delivery.properties.headers().as_ref().and_then(|h| match h.inner().get(Topology::SEAL_HEADER) {
-            Some(AMQPValue::LongString(s)) => std::str::from_utf8(s.as_bytes()).ok().map(str::to_owned),
-            Some(AMQPValue::ShortString(s)) => Some(s.as_str().to_owned()),
-            _ => None,
-        });
-        self.seal.open(delivery.routing_key.as_str(), &delivery.data, seal.as_deref())
+        let seal = header(Topology::SEAL_HEADER);
+        self.seal.open(delivery.routing_key.as_str(), owner.as_deref(), &delivery.data, seal.as_deref())?;
+        Ok(owner)
     }
 
     async fn open(&self) -> Result<Arc<Connection>, BrokerError> {
@@ -420,7 +431,7 @@ impl Broker {
                     let sealed = self.check_seal(&queue, &delivery);
                     tracker.spawn(async move {
                         let disposition = match sealed {
-                            Ok(()) => handler.handle(Inbound::from(&delivery)).await,
+                            Ok(owner) => handler.handle(Inbound { owner, ..Inbound::from(&delivery) }).await,
                             // Forged or from another deployment: never handled.
                             Err(e) => Disposition::DeadLetter { reason: "unsealed", error: e.to_string() },
                         };

@@ -11,7 +11,7 @@ pub struct Topology {
     /// `internal`.
     pub exchange: String,
     /// Topic exchange of the service's own hops (`otp.internal`): deliveries,
-    /// status events, receipts, requests forwarded between shards. Only the
+    /// status events and receipts. Only the
     /// service's RabbitMQ user may write to it; it forwards `event.#` to
     /// `exchange`.
     pub internal: String,
@@ -55,6 +55,9 @@ impl Topology {
     pub const HEADERS_DROPPED_HEADER: &'static str = "x-otp-headers-dropped";
     /// Header carrying an internal message's seal (see [`crate::domain::SealRing`]).
     pub const SEAL_HEADER: &'static str = "x-otp-seal";
+    /// Header naming the application (scoped API key) a request was made
+    /// for; trusted only under a valid seal.
+    pub const OWNER_HEADER: &'static str = "x-otp-owner";
     /// What `internal` forwards to the public exchange.
     pub const PUBLIC_KEYS: &'static str = "event.#";
 
@@ -203,22 +206,25 @@ impl Topology {
             work.push((&self.status, &self.internal, Self::STATUS_KEYS.map(str::to_owned).to_vec()));
         }
         if let Some(k) = self.shard.filter(|_| self.shards > 1) {
-            work.push((&self.requests, &self.internal, vec![crate::domain::sharding::request_key(k)]));
+            // Requests like any other: producers that know the shards publish here too.
+            work.push((&self.requests, &self.exchange, vec![crate::domain::sharding::request_key(k)]));
         }
         work
     }
 
     /// Whether messages on `queue` must carry the service's seal: every
-    /// queue but the producers' requests queue.
+    /// queue but the requests queues (producers') and the dead letters.
     pub fn is_internal(&self, queue: &str) -> bool {
-        queue != self.ingress && queue != self.dead
+        queue != self.ingress && queue != self.requests && queue != self.dead
     }
 
     /// The exchange a message with `routing_key` is published to by the
-    /// service: requests (`request`, from `POST /v1/otp`) to the public one,
-    /// like any producer's; everything else to the internal one.
+    /// service: requests (`request`, `request.<shard>`: `POST /v1/otp` and
+    /// forwards between shards) to the public one, like any producer's;
+    /// everything else to the internal one.
     pub fn exchange_for(&self, routing_key: &str) -> &str {
-        if routing_key == Self::REQUEST_KEY { &self.exchange } else { &self.internal }
+        let request = routing_key == Self::REQUEST_KEY || routing_key.starts_with("request.");
+        if request { &self.exchange } else { &self.internal }
     }
 }
 
@@ -253,9 +259,10 @@ mod tests {
     fn only_producers_requests_come_from_the_public_exchange() {
         let t = Topology::new("", None).sharded(Some(1), 2);
         let public: Vec<&String> = t.work_queues().into_iter().filter(|w| w.1 == &t.exchange).map(|w| w.0).collect();
-        assert_eq!(public, [&t.ingress]);
-        assert!(!t.is_internal(&t.ingress) && t.is_internal(&t.requests) && t.is_internal(&t.deliveries));
-        assert_eq!((t.exchange_for("request"), t.exchange_for("request.1")), ("otp", "otp.internal"));
+        assert_eq!(public, [&t.ingress, &t.requests]);
+        assert!(!t.is_internal(&t.ingress) && !t.is_internal(&t.requests) && t.is_internal(&t.deliveries));
+        assert!(t.is_internal(&t.status));
+        assert_eq!((t.exchange_for("request"), t.exchange_for("request.1")), ("otp", "otp"));
         assert_eq!(t.exchange_for("event.sent"), "otp.internal");
     }
 

@@ -161,6 +161,15 @@ pub struct ValidRequest {
     pub code_length: CodeLength,
     /// How long the code lives.
     pub ttl: Duration,
+    /// The application whose scoped API key made the request (`POST /v1/otp`);
+    /// `None` for producers' requests and unscoped keys.
+    pub owner: Option<String>,
+}
+
+/// Whether a caller limited to application `app` (`None`: not limited) may
+/// see a request or code owned by `owner`.
+pub fn visible_to(app: Option<&str>, owner: Option<&str>) -> bool {
+    app.is_none() || app == owner
 }
 
 pub(crate) fn valid_request_id(id: &str) -> bool {
@@ -221,6 +230,7 @@ impl RawRequest {
             locale,
             code_length,
             ttl: Duration::seconds(i64::from(ttl_secs)),
+            owner: None,
         })
     }
 }

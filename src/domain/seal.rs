@@ -1,5 +1,6 @@
-//! Seals on internal messages: an HMAC-SHA-256 over a message's routing key
-//! and body under a key every process of a deployment shares.
+//! Seals on internal messages: an HMAC-SHA-256 over a message's routing key,
+//! owner (the application of a scoped API key, if any) and body, under a key
+//! every process of a deployment shares.
 //!
 //! RabbitMQ permissions are the fence between producers and the service's
 //! internal hops; the seal is what still holds where an operator runs every
@@ -38,13 +39,16 @@ impl SealKey {
         &self.id
     }
 
-    fn mac(&self, routing_key: &str, body: &[u8]) -> HmacSha256 {
+    fn mac(&self, routing_key: &str, owner: Option<&str>, body: &[u8]) -> HmacSha256 {
         let mut mac = HmacSha256::new_from_slice(&self.key).expect("HMAC takes keys of any size");
-        // Domain tag and length prefix: a body sealed for one routing key
-        // (a delivery) is not valid under another (a receipt).
+        // Domain tag and length prefixes: a body sealed for one routing key
+        // (a delivery) is not valid under another (a receipt), nor with
+        // another owner.
         mac.update(b"otp-pipeline/internal/v1");
-        mac.update(&(routing_key.len() as u32).to_be_bytes());
-        mac.update(routing_key.as_bytes());
+        for field in [routing_key, owner.unwrap_or("")] {
+            mac.update(&(field.len() as u32).to_be_bytes());
+            mac.update(field.as_bytes());
+        }
         mac.update(body);
         mac
     }
@@ -95,15 +99,22 @@ impl SealRing {
         self.current.id()
     }
 
-    /// The seal of `body` published with `routing_key`: `<key id>.<hex HMAC>`.
-    pub fn seal(&self, routing_key: &str, body: &[u8]) -> String {
-        let tag = self.current.mac(routing_key, body).finalize().into_bytes();
+    /// The seal of `body` published with `routing_key` (and, for a request
+    /// made with a scoped API key, its `owner`): `<key id>.<hex HMAC>`.
+    pub fn seal(&self, routing_key: &str, owner: Option<&str>, body: &[u8]) -> String {
+        let tag = self.current.mac(routing_key, owner, body).finalize().into_bytes();
         format!("{}.{}", self.current.id, hex::encode(tag))
     }
 
     /// Checks `seal` (the header's value, if any) against the message, in
     /// constant time.
-    pub fn open(&self, routing_key: &str, body: &[u8], seal: Option<&str>) -> Result<(), SealError> {
+    pub fn open(
+        &self,
+        routing_key: &str,
+        owner: Option<&str>,
+        body: &[u8],
+        seal: Option<&str>,
+    ) -> Result<(), SealError> {
         let seal = seal.ok_or(SealError::Missing)?;
         let (id, tag) = seal.split_once('.').ok_or(SealError::Malformed)?;
         let tag = hex::decode(tag).map_err(|_| SealError::Malformed)?;
@@ -114,7 +125,7 @@ impl SealRing {
             .chain(&self.previous)
             .find(|k| k.id == id)
             .ok_or_else(|| SealError::UnknownKey(id.to_owned()))?;
-        key.mac(routing_key, body).verify_slice(&tag).map_err(|_| SealError::Mismatch)
+        key.mac(routing_key, owner, body).verify_slice(&tag).map_err(|_| SealError::Mismatch)
     }
 }
 
@@ -129,30 +140,35 @@ mod tests {
     #[test]
     fn a_sealed_message_opens_and_nothing_else_does() {
         let ring = ring(1);
-        let seal = ring.seal("delivery", b"{\"to\":1}");
-        assert_eq!(ring.open("delivery", b"{\"to\":1}", Some(&seal)), Ok(()));
-        assert_eq!(ring.open("delivery", b"{\"to\":2}", Some(&seal)), Err(SealError::Mismatch));
-        assert_eq!(ring.open("receipt", b"{\"to\":1}", Some(&seal)), Err(SealError::Mismatch));
-        assert_eq!(ring.open("delivery", b"{\"to\":1}", None), Err(SealError::Missing));
+        let body = b"{\"to\":1}";
+        let seal = ring.seal("delivery", None, body);
+        assert_eq!(ring.open("delivery", None, body, Some(&seal)), Ok(()));
+        assert_eq!(ring.open("delivery", None, b"{\"to\":2}", Some(&seal)), Err(SealError::Mismatch));
+        assert_eq!(ring.open("receipt", None, body, Some(&seal)), Err(SealError::Mismatch));
+        assert_eq!(ring.open("delivery", Some("billing"), body, Some(&seal)), Err(SealError::Mismatch));
+        assert_eq!(ring.open("delivery", None, body, None), Err(SealError::Missing));
+        let owned = ring.seal("request", Some("billing"), body);
+        assert_eq!(ring.open("request", Some("billing"), body, Some(&owned)), Ok(()));
+        assert_eq!(ring.open("request", Some("shop"), body, Some(&owned)), Err(SealError::Mismatch));
         for bad in ["", "nodot", "abcd.00", &format!("{}.{}", ring.id(), "zz".repeat(32))] {
-            assert_eq!(ring.open("delivery", b"x", Some(bad)), Err(SealError::Malformed), "{bad}");
+            assert_eq!(ring.open("delivery", None, b"x", Some(bad)), Err(SealError::Malformed), "{bad}");
         }
     }
 
     #[test]
     fn another_deployments_key_is_named_not_trusted() {
-        let theirs = ring(2).seal("delivery", b"x");
+        let theirs = ring(2).seal("delivery", None, b"x");
         let id = theirs.split('.').next().unwrap().to_owned();
-        assert_eq!(ring(1).open("delivery", b"x", Some(&theirs)), Err(SealError::UnknownKey(id)));
+        assert_eq!(ring(1).open("delivery", None, b"x", Some(&theirs)), Err(SealError::UnknownKey(id)));
     }
 
     #[test]
     fn retired_keys_still_open_during_a_rotation() {
         let old = SealKey::new(vec![1; 32]).unwrap();
         let new = SealKey::new(vec![3; 32]).unwrap();
-        let sealed_before = ring(1).seal("delivery", b"x");
+        let sealed_before = ring(1).seal("delivery", None, b"x");
         let rotated = SealRing::new(new, vec![old]);
-        assert_eq!(rotated.open("delivery", b"x", Some(&sealed_before)), Ok(()));
+        assert_eq!(rotated.open("delivery", None, b"x", Some(&sealed_before)), Ok(()));
         assert!(SealKey::new(vec![0; 31]).is_err());
     }
 }

@@ -17,6 +17,10 @@ pub struct CodeRecord {
     /// When the code stops working.
     #[serde(with = "time::serde::rfc3339")]
     pub expires_at: OffsetDateTime,
+    /// The application (scoped API key) whose request issued it: only it,
+    /// and unscoped keys, may verify it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<String>,
     /// Wrong guesses still allowed; 0 means locked until it expires.
     pub attempts_left: u8,
     /// The seed the code was derived from; kept with the request record (so a
@@ -126,6 +130,7 @@ mod tests {
             key_id: key.id().into(),
             expires_at: now + Duration::minutes(5),
             attempts_left: attempts,
+            owner: None,
             seed: None,
         }
     }

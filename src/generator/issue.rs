@@ -62,10 +62,14 @@ impl Generator {
         };
         let (request_id, phone) = (raw.request_id.clone(), raw.phone.clone());
         match self.validate(raw) {
-            Ok(request) => match self.foreign_owner(&request, &message) {
-                Some(owner) => self.forward(owner, message).await,
-                None => self.issue(request, &message).await,
-            },
+            Ok(request) => {
+                // The application of a scoped API key, vouched for by the seal.
+                let request = ValidRequest { owner: message.owner.clone(), ..request };
+                match self.foreign_owner(&request, &message) {
+                    Some(shard) => self.forward(shard, message).await,
+                    None => self.issue(request, &message).await,
+                }
+            }
             Err(rejection) => {
                 let id = Some(request_id).filter(|id| crate::domain::request::valid_request_id(id));
                 self.refuse(id, &phone, rejection, None, &message).await
@@ -258,9 +262,13 @@ impl Generator {
 
     /// Publishes a validated request to the requests queue (for `POST /v1/otp`):
     /// straight to the owning shard (no forwarding hop) when sharded.
-    pub async fn submit(&self, raw: &RawRequest, phone: &Phone) -> Result<(), BrokerError> {
-        let body = serde_json::to_vec(raw).expect("requests serialize");
-        let key = self.topology.request_key_for(phone.e164());
-        self.outbox.submit(key, body, self.clock.now().unix_timestamp() as u64).await
+    pub async fn submit(&self, raw: &RawRequest, phone: &Phone, owner: Option<&str>) -> Result<(), BrokerError> {
+        let submitted = super::outbox::Submitted {
+            routing_key: self.topology.request_key_for(phone.e164()),
+            owner: owner.map(str::to_owned),
+            body: serde_json::to_vec(raw).expect("requests serialize"),
+            timestamp: self.clock.now().unix_timestamp() as u64,
+        };
+        self.outbox.submit(submitted).await
     }
 }

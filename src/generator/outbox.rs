@@ -26,8 +26,21 @@ pub trait Outbox: Send + Sync + 'static {
     -> BoxFuture<'_, Result<(), BrokerError>>;
     /// Hands a request message on under `routing_key` (to its owning shard).
     fn forward(&self, routing_key: String, message: Inbound) -> BoxFuture<'_, Result<(), BrokerError>>;
-    /// Publishes a request body under `routing_key` (`POST /v1/otp`).
-    fn submit(&self, routing_key: String, body: Vec<u8>, timestamp: u64) -> BoxFuture<'_, Result<(), BrokerError>>;
+    /// Publishes a request made over HTTP (`POST /v1/otp`).
+    fn submit(&self, submitted: Submitted) -> BoxFuture<'_, Result<(), BrokerError>>;
+}
+
+/// A request made over HTTP, as it is published.
+#[derive(Debug, Clone)]
+pub struct Submitted {
+    /// `request`, or the owning shard's `request.<k>`.
+    pub routing_key: String,
+    /// The application of the scoped API key it was made with.
+    pub owner: Option<String>,
+    /// The request body.
+    pub body: Vec<u8>,
+    /// When it was made, Unix seconds (AMQP `timestamp`).
+    pub timestamp: u64,
 }
 
 /// Deliveries one message carries at the most.
@@ -80,7 +93,7 @@ async fn coalesce(broker: Arc<Broker>, mut waiting: mpsc::UnboundedReceiver<Wait
         let broker = broker.clone();
         tokio::spawn(async move {
             let body = encode_deliveries(&batch.iter().map(|(d, _)| d).collect::<Vec<_>>());
-            let result = broker.publish_routed(Topology::DELIVERY_KEY, &body, json_properties(), true).await;
+            let result = broker.publish_routed(Topology::DELIVERY_KEY, None, &body, json_properties(), true).await;
             let result = result.map_err(Arc::new);
             drop(slot);
             for (_, answer) in batch {
@@ -132,14 +145,15 @@ impl Outbox for BrokerOutbox {
             if let Some(id) = message.correlation_id {
                 properties = properties.with_correlation_id(id.into());
             }
-            self.broker.publish_routed(&routing_key, &message.body, properties, true).await
+            self.broker.publish_routed(&routing_key, message.owner.as_deref(), &message.body, properties, true).await
         })
     }
 
-    fn submit(&self, routing_key: String, body: Vec<u8>, timestamp: u64) -> BoxFuture<'_, Result<(), BrokerError>> {
+    fn submit(&self, submitted: Submitted) -> BoxFuture<'_, Result<(), BrokerError>> {
         Box::pin(async move {
+            let Submitted { routing_key, owner, body, timestamp } = submitted;
             let properties = json_properties().with_timestamp(timestamp);
-            self.broker.publish_routed(&routing_key, &body, properties, true).await
+            self.broker.publish_routed(&routing_key, owner.as_deref(), &body, properties, true).await
         })
     }
 }
@@ -222,7 +236,7 @@ impl Outbox for MemoryOutbox {
         self.keep(Sent::Forward(routing_key))
     }
 
-    fn submit(&self, routing_key: String, _: Vec<u8>, _: u64) -> BoxFuture<'_, Result<(), BrokerError>> {
-        self.keep(Sent::Submit(routing_key))
+    fn submit(&self, submitted: Submitted) -> BoxFuture<'_, Result<(), BrokerError>> {
+        self.keep(Sent::Submit(submitted.routing_key))
     }
 }

@@ -47,6 +47,7 @@ fn message(body: serde_json::Value) -> Inbound {
         reply_to: Some("replies".into()),
         correlation_id: Some("c1".into()),
         redelivered: false,
+        owner: None,
     }
 }
 

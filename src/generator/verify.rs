@@ -13,8 +13,19 @@ impl Generator {
     /// expiry enforced. Publishes `event.verified` / `event.expired` (off the
     /// request path: the answer does not wait for the event).
     pub async fn verify(&self, phone: &Phone, code: &Code) -> Result<VerifyOutcome, GeneratorError> {
+        self.verify_as(phone, code, None).await
+    }
+
+    /// Like [`Generator::verify`], for a caller limited to application `app`
+    /// (a scoped API key): another application's code is `not_found`.
+    pub async fn verify_as(
+        &self,
+        phone: &Phone,
+        code: &Code,
+        app: Option<&str>,
+    ) -> Result<VerifyOutcome, GeneratorError> {
         let now = self.clock.now();
-        let verified = self.track(self.writer.verify(phone, code, now).await)?;
+        let verified = self.track(self.writer.verify_as(phone, code, app, now).await)?;
         let outcome = verified.outcome;
         metrics::counter!(names::VERIFICATIONS, "outcome" => outcome.label()).increment(1);
         if let VerifyOutcome::Approved { .. } = &outcome {

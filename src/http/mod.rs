@@ -13,7 +13,7 @@ mod receipts;
 mod shards;
 mod verify;
 
-pub use auth::{ApiKeys, Gate};
+pub use auth::{ApiKeys, Caller, Gate, ScopedKeys};
 pub use edge::{EdgeLimits, MAX_HEADER_BYTES, MAX_URI_BYTES};
 pub use receipts::{MAX_REPORTS_PER_CALLBACK, ReceiptState, router as receipts_router};
 pub use shards::Shards;

@@ -5,9 +5,11 @@ use crate::domain::RawRequest;
 use crate::domain::phone::mask;
 use crate::generator::GeneratorError;
 use crate::http::ApiState;
+use crate::http::Caller;
 use crate::http::bodies::{Accepted, ErrorBody, NotFound, RequestView, StatusOnly};
 use crate::http::json::{ApiError, RequestJson, too_many_requests};
 use crate::store::CancelOutcome;
+use axum::Extension;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -37,6 +39,7 @@ use time::format_description::well_known::Rfc3339;
 )]
 pub async fn create(
     State(state): State<ApiState>,
+    Extension(caller): Extension<Caller>,
     headers: HeaderMap,
     RequestJson(raw): RequestJson,
 ) -> Result<Response, ApiError> {
@@ -67,7 +70,7 @@ pub async fn create(
         }
         Err(e) => return Err(ApiError::failed("the store")(e)),
     }
-    state.generator.submit(&raw, &valid.phone).await.map_err(|e| {
+    state.generator.submit(&raw, &valid.phone, caller.app.as_deref()).await.map_err(|e| {
         tracing::warn!(error = %e, "could not publish a request");
         ApiError::unavailable("the broker did not take the request; try again")
     })?;
@@ -95,9 +98,16 @@ pub async fn create(
 )]
 pub async fn cancel(
     State(state): State<ApiState>,
+    Extension(caller): Extension<Caller>,
     headers: HeaderMap,
     Path(request_id): Path<String>,
 ) -> Result<Response, ApiError> {
+    // Another application's request does not exist for a scoped key.
+    if let Some(r) = state.generator.request(&request_id).map_err(ApiError::failed("cancel"))?
+        && !caller.sees(r.owner.as_deref())
+    {
+        return Ok(not_found());
+    }
     let outcome = state.generator.cancel(&request_id).await.map_err(ApiError::failed("cancel"))?;
     Ok(match outcome {
         CancelOutcome::Canceled(record) => {
@@ -122,6 +132,10 @@ async fn ask_other_shards(state: &ApiState, method: Method, path: &str, headers:
             return answer;
         }
     }
+    not_found()
+}
+
+fn not_found() -> Response {
     (StatusCode::NOT_FOUND, axum::Json(NotFound::new())).into_response()
 }
 
@@ -158,6 +172,7 @@ fn rfc3339(t: time::OffsetDateTime) -> String {
 )]
 pub async fn status(
     State(state): State<ApiState>,
+    Extension(caller): Extension<Caller>,
     headers: HeaderMap,
     Path(request_id): Path<String>,
 ) -> Result<Response, ApiError> {
@@ -166,6 +181,9 @@ pub async fn status(
         let path = format!("/v1/otp/{}", encode_segment(&request_id));
         return Ok(ask_other_shards(&state, Method::GET, &path, &headers).await);
     };
+    if !caller.sees(r.owner.as_deref()) {
+        return Ok(not_found());
+    }
     let body = RequestView {
         request_id: r.request_id,
         status: r.status,

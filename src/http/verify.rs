@@ -2,9 +2,11 @@
 
 use crate::domain::{Code, Phone, VerifyOutcome};
 use crate::http::ApiState;
+use crate::http::Caller;
 use crate::http::bodies::{ErrorBody, VerifyResult, VerifyStatus, VerifyTooMany};
 use crate::http::json::{ApiError, ApiJson, too_many_requests};
 use crate::telemetry::names;
+use axum::Extension;
 use axum::extract::State;
 use axum::http::{HeaderMap, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -48,6 +50,7 @@ pub struct VerifyBody {
 )]
 pub async fn verify(
     State(state): State<ApiState>,
+    Extension(caller): Extension<Caller>,
     headers: HeaderMap,
     ApiJson(body): ApiJson<VerifyBody>,
 ) -> Result<Response, ApiError> {
@@ -59,7 +62,11 @@ pub async fn verify(
         return Ok(state.shards.forward(owner, Method::POST, "/v1/verify", &headers, Some(forwarded)).await);
     }
     let code = Code::parse(&body.code).ok_or_else(|| ApiError::bad_request("code must be 4 to 10 digits"))?;
-    let outcome = state.generator.verify(&phone, &code).await.map_err(ApiError::failed("verification"))?;
+    let outcome = state
+        .generator
+        .verify_as(&phone, &code, caller.app.as_deref())
+        .await
+        .map_err(ApiError::failed("verification"))?;
     metrics::histogram!(names::VERIFY_DURATION).record(started.elapsed().as_secs_f64());
     let (status, body) = match outcome {
         VerifyOutcome::Approved { .. } => (StatusCode::OK, VerifyResult::of(VerifyStatus::Approved)),

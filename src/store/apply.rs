@@ -144,6 +144,7 @@ fn dummy_record() -> CodeRecord {
         key_id: String::new(),
         expires_at: OffsetDateTime::UNIX_EPOCH,
         attempts_left: 0,
+        owner: None,
         seed: None,
     }
 }
@@ -154,6 +155,7 @@ fn same_parameters(a: &RequestRecord, b: &ValidRequest) -> bool {
         && a.locale == b.locale
         && a.code_length == b.code_length.get()
         && a.ttl_secs == b.ttl.whole_seconds()
+        && a.owner == b.owner
 }
 
 impl Rules {
@@ -201,6 +203,7 @@ impl Rules {
             key_id: key.id().to_owned(),
             expires_at,
             attempts_left: self.max_attempts,
+            owner: request.owner.clone(),
             seed: None,
         };
         let fresh = RequestRecord {
@@ -253,18 +256,22 @@ impl Rules {
 
     /// Checks `code` for `phone`, applying expiry, attempt limits, the
     /// number's lockout and single use: of many right guesses one is approved.
+    /// A caller limited to application `app` sees no code of another's.
     pub(super) fn verify(
         &self,
         b: &mut Batch<'_>,
         phone: &Phone,
         code: &Code,
+        app: Option<&str>,
         now: OffsetDateTime,
     ) -> Result<Verified, StoreError> {
         let policies = &self.policies;
         let phone_key = phone.e164().as_bytes();
         let fail_key = limit_key::failures(phone.e164());
         let prefix_key = limit_key::prefix(&prefix_of(&policies.pumping, phone.e164()));
-        let record = b.get::<CodeRecord>(TreeId::Codes, phone_key)?;
+        let record = b
+            .get::<CodeRecord>(TreeId::Codes, phone_key)?
+            .filter(|r| crate::domain::request::visible_to(app, r.owner.as_deref()));
         let dummy = dummy_record();
         let against = record.as_ref().unwrap_or(&dummy);
         // The key that made this digest (rotated keys stay usable);
@@ -337,6 +344,7 @@ fn new_record(
         error: None,
         code_seed: None,
         code_key_id: None,
+        owner: request.owner.clone(),
         reason: None,
     }
 }

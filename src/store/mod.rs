@@ -88,6 +88,9 @@ pub struct RequestRecord {
     /// Key id for `code_seed`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub code_key_id: Option<String>,
+    /// The application (scoped API key) it was made for, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<String>,
     /// Why it was refused, for a `rejected` request.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<crate::domain::RejectReason>,

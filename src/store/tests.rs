@@ -250,6 +250,24 @@ async fn an_approval_names_the_carrier_that_delivered_the_code() {
 }
 
 #[tokio::test]
+async fn a_scoped_application_sees_and_verifies_only_its_own_codes() {
+    let (_d, w) = setup();
+    let now = OffsetDateTime::now_utc();
+    let req = ValidRequest { owner: Some("billing".into()), ..request("r1") };
+    let issued = issue(&w, &req, now).await;
+    assert_eq!(w.store().request("r1").unwrap().unwrap().owner.as_deref(), Some("billing"));
+    let as_shop = w.verify_as(&req.phone, &issued.code, Some("shop"), now).await.unwrap();
+    assert_eq!((as_shop.outcome.label(), as_shop.changed), ("not_found", false), "no attempt counted");
+    let wrong = Code::parse("000000").unwrap();
+    let wrong = if wrong == issued.code { Code::parse("111111").unwrap() } else { wrong };
+    let as_billing = w.verify_as(&req.phone, &wrong, Some("billing"), now).await.unwrap();
+    assert_eq!(as_billing.outcome, VerifyOutcome::Invalid { attempts_left: 4 });
+    let again = ValidRequest { owner: Some("shop".into()), ..request("r1") };
+    assert!(matches!(w.issue(again, now).await.unwrap(), IssueOutcome::Conflict), "another app's request id");
+    assert_eq!(verify(&w, &req, &issued.code, now).await, "approved", "unscoped callers see every code");
+}
+
+#[tokio::test]
 async fn codes_issued_before_a_key_rotation_still_verify() {
     let dir = tempfile::tempdir().unwrap();
     let now = OffsetDateTime::now_utc();

@@ -65,6 +65,7 @@ enum Command {
     Verify {
         phone: Phone,
         code: Code,
+        app: Option<String>,
         now: OffsetDateTime,
         answer: Answer<Verified>,
     },
@@ -169,8 +170,20 @@ impl Writer {
 
     /// Checks `code` for `phone`; the answer comes after its effect is durable.
     pub async fn verify(&self, phone: &Phone, code: &Code, now: OffsetDateTime) -> Result<Verified, StoreError> {
-        let (phone, code) = (phone.clone(), code.clone());
-        self.call(|answer| Command::Verify { phone, code, now, answer }).await
+        self.verify_as(phone, code, None, now).await
+    }
+
+    /// Like [`Writer::verify`], for a caller limited to application `app`:
+    /// another application's code is not found.
+    pub async fn verify_as(
+        &self,
+        phone: &Phone,
+        code: &Code,
+        app: Option<&str>,
+        now: OffsetDateTime,
+    ) -> Result<Verified, StoreError> {
+        let (phone, code, app) = (phone.clone(), code.clone(), app.map(str::to_owned));
+        self.call(|answer| Command::Verify { phone, code, app, now, answer }).await
     }
 
     /// Cancels a request's code.
@@ -320,8 +333,8 @@ impl WriterLoop {
                 }
             }
             Command::Status { update, answer } => later(done, answer, kept(b, |b| apply::apply_status(b, &update))),
-            Command::Verify { phone, code, now, answer } => {
-                later(done, answer, kept(b, |b| self.rules.verify(b, &phone, &code, now)))
+            Command::Verify { phone, code, app, now, answer } => {
+                later(done, answer, kept(b, |b| self.rules.verify(b, &phone, &code, app.as_deref(), now)))
             }
             Command::Cancel { request_id, now, answer } => {
                 later(done, answer, kept(b, |b| apply::cancel(b, &request_id, now)))

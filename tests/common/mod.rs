@@ -342,7 +342,7 @@ impl TestEnv {
         let mut headers = FieldTable::default();
         if sealed {
             let ring = otp_pipeline::secrets::seal_ring(&self.config.broker, &self.data_dir()).unwrap();
-            let seal = ring.seal(routing_key, body);
+            let seal = ring.seal(routing_key, None, body);
             headers.insert(Topology::SEAL_HEADER.into(), AMQPValue::LongString(seal.into()));
         }
         let (connection, channel) = open_channel().await;
