@@ -1,8 +1,10 @@
 //! The HTTP edge: accepts connections for a router with what a port facing
 //! anonymous clients needs — a deadline for each request's headers (which
-//! also closes idle keep-alive connections), a cap on open connections, a
-//! response-time budget per request, URI and header size limits, JSON errors
-//! for all of these, and a shutdown that finishes within a bound.
+//! also closes idle keep-alive connections), a cap on open connections (at
+//! the cap, the oldest connection not serving a request makes room, so slow
+//! or idle clients cannot lock out a health check), a response-time budget
+//! per request, URI and header size limits, JSON errors for all of these, and
+//! a shutdown that finishes within a bound.
 //!
 //! It owns sockets and connection lifetimes; it knows no route.
 
@@ -14,10 +16,11 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
-use std::sync::Arc;
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 /// Longest request URI (path and query) answered; longer gets 414.
@@ -36,7 +39,9 @@ pub struct EdgeLimits {
     /// Time to send a request's headers; an idle keep-alive connection is
     /// closed after as long.
     pub header_timeout: Duration,
-    /// Connections open at once; more are closed as soon as they are accepted.
+    /// Connections open at once. At the cap, a new connection closes the
+    /// oldest one that is not serving a request (waiting for headers, or
+    /// idle); if every one is, the new connection is closed at once.
     pub max_connections: usize,
     /// Time a request may take from its headers to its response; past it the
     /// client gets 503 (the work it started may still finish).
@@ -58,7 +63,7 @@ pub async fn serve(
     limits: EdgeLimits,
 ) -> std::io::Result<()> {
     let router = router.layer(axum::middleware::from_fn_with_state(limits.request_timeout, guard));
-    let slots = Arc::new(Semaphore::new(limits.max_connections.max(1)));
+    let open = Arc::new(Open::new(limits.max_connections));
     let connections = hyper_util::server::graceful::GracefulShutdown::new();
     loop {
         let (stream, _) = tokio::select! {
@@ -73,18 +78,33 @@ pub async fn serve(
                 }
             },
         };
-        let Ok(slot) = slots.clone().try_acquire_owned() else {
-            tracing::debug!(max = limits.max_connections, "HTTP connection cap reached; closing a new connection");
+        let Some(slot) = open.admit() else {
+            tracing::debug!(max = limits.max_connections, "every HTTP connection is busy; closing a new one");
             drop(stream);
             continue;
         };
         let mut builder = hyper::server::conn::http1::Builder::new();
         builder.timer(TokioTimer::new()).header_read_timeout(limits.header_timeout);
-        let connection = builder.serve_connection(TokioIo::new(stream), TowerToHyperService::new(router.clone()));
-        let connection = connections.watch(connection);
+        let service = TowerToHyperService::new(router.clone());
+        let busy = slot.clone();
+        let service = hyper::service::service_fn(move |request| {
+            let serving = Serving::start(&busy);
+            let response = hyper::service::Service::call(&service, request);
+            async move {
+                let response = response.await;
+                drop(serving);
+                response
+            }
+        });
+        let connection = connections.watch(builder.serve_connection(TokioIo::new(stream), service));
+        let open = open.clone();
         tokio::spawn(async move {
-            let _ = connection.await;
-            drop(slot);
+            tokio::select! {
+                _ = connection => {}
+                // Evicted to make room: dropping the connection closes it.
+                () = slot.close.cancelled() => {}
+            }
+            open.remove(&slot);
         });
     }
     drop(listener);
@@ -92,6 +112,66 @@ pub async fn serve(
         tracing::warn!("HTTP connections still open after the shutdown grace; closing them");
     }
     Ok(())
+}
+
+/// One open connection: how many requests it is serving now, and how to
+/// close it.
+struct Slot {
+    id: u64,
+    serving: AtomicUsize,
+    close: CancellationToken,
+}
+
+/// Marks a connection as serving a request while alive.
+struct Serving(Arc<Slot>);
+
+impl Serving {
+    fn start(slot: &Arc<Slot>) -> Self {
+        slot.serving.fetch_add(1, Ordering::SeqCst);
+        Self(slot.clone())
+    }
+}
+
+impl Drop for Serving {
+    fn drop(&mut self) {
+        self.0.serving.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// The open connections, oldest first, at most `max`.
+struct Open {
+    max: usize,
+    next_id: AtomicUsize,
+    slots: Mutex<VecDeque<Arc<Slot>>>,
+}
+
+impl Open {
+    fn new(max: usize) -> Self {
+        Self { max: max.max(1), next_id: AtomicUsize::new(0), slots: Mutex::new(VecDeque::new()) }
+    }
+
+    /// A slot for a new connection: at the cap, the oldest connection not
+    /// serving a request is closed to make room; `None` if all are serving.
+    fn admit(&self) -> Option<Arc<Slot>> {
+        let mut slots = self.slots.lock().expect("connections lock");
+        if slots.len() >= self.max {
+            let idle = slots.iter().position(|s| s.serving.load(Ordering::SeqCst) == 0)?;
+            let evicted = slots.remove(idle).expect("found above");
+            evicted.close.cancel();
+            tracing::debug!(max = self.max, "HTTP connection cap reached; closed the oldest idle connection");
+        }
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed) as u64;
+        let slot = Arc::new(Slot { id, serving: AtomicUsize::new(0), close: CancellationToken::new() });
+        slots.push_back(slot.clone());
+        Some(slot)
+    }
+
+    fn remove(&self, slot: &Slot) {
+        let mut slots = self.slots.lock().expect("connections lock");
+        if let Some(at) = slots.iter().position(|s| s.id == slot.id) {
+            slots.remove(at);
+        }
+    }
 }
 
 /// Per request: URI and header size limits, then the response-time budget.
@@ -150,5 +230,18 @@ mod tests {
         assert!(body["error"].as_str().unwrap().contains("100 ms"));
         stop.cancel();
         tokio::time::timeout(SHUTDOWN_GRACE + Duration::from_secs(1), server).await.unwrap().unwrap().unwrap();
+    }
+
+    #[test]
+    fn at_the_cap_the_oldest_idle_connection_makes_room_and_busy_ones_never_do() {
+        let open = Open::new(2);
+        let (first, second) = (open.admit().unwrap(), open.admit().unwrap());
+        let serving = Serving::start(&first);
+        let third = open.admit().expect("room made");
+        assert!(second.close.is_cancelled() && !first.close.is_cancelled(), "the idle one went, not the busy one");
+        let _also = Serving::start(&third);
+        assert!(open.admit().is_none(), "every connection serving: the new one is refused");
+        drop(serving);
+        assert!(open.admit().is_some() && first.close.is_cancelled());
     }
 }
