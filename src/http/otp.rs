@@ -88,7 +88,8 @@ pub async fn create(
     responses(
         (status = 200, description = "Canceled: the code can no longer be verified.", body = StatusOnly),
         (status = 401, description = "Missing or wrong API key.", body = ErrorBody),
-        (status = 404, description = "No such request.", body = NotFound),
+        (status = 404, description = "No such request (or another application's, for a scoped key).",
+            body = NotFound),
         (status = 409, description = "Already final (verified, expired or canceled); `status` says which.",
             body = StatusOnly),
         (status = 429, description = "The API key is over its rate.", body = ErrorBody,
@@ -163,8 +164,8 @@ fn rfc3339(t: time::OffsetDateTime) -> String {
     responses(
         (status = 200, description = "The request's state; the phone is masked.", body = RequestView),
         (status = 401, description = "Missing or wrong API key.", body = ErrorBody),
-        (status = 404, description = "No such request (or it was swept after `store.retention_secs`).",
-            body = NotFound),
+        (status = 404, description = "No such request (or it was swept after `store.retention_secs`, or it \
+            is another application's and the key is scoped).", body = NotFound),
         (status = 429, description = "The API key is over its rate.", body = ErrorBody,
             headers(("Retry-After" = u64, description = "Seconds to wait"))),
         (status = 503, description = "The store is unavailable; retry.", body = ErrorBody),

@@ -37,7 +37,8 @@ pub struct VerifyBody {
         (status = 200, description = "Approved: the code was right and is now used up.", body = VerifyResult),
         (status = 400, description = "Malformed body, phone or code.", body = ErrorBody),
         (status = 401, description = "Missing or wrong API key.", body = ErrorBody),
-        (status = 404, description = "No pending code for this number.", body = VerifyResult),
+        (status = 404, description = "No pending code for this number (for a scoped key: none of its \
+            application's).", body = VerifyResult),
         (status = 410, description = "The code expired.", body = VerifyResult),
         (status = 413, description = "Body over `http.max_body_bytes`.", body = ErrorBody),
         (status = 415, description = "Content-Type is not application/json.", body = ErrorBody),
