@@ -161,3 +161,59 @@ async fn a_store_that_cannot_open_consumes_nothing_and_reports_not_ready_until_i
     sender.terminate();
     common::delete_topology(&topology).await;
 }
+
+/// Processes on different machines share the sealing key through
+/// `OTP_BROKER__INTERNAL_KEY` (no shared data dir): the generator's
+/// deliveries are sent, and a delivery without the seal, published as the
+/// same RabbitMQ user, is dead-lettered `unsealed` and never sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn processes_on_separate_machines_share_the_internal_key_from_the_environment() {
+    require_rabbitmq().await;
+    let carrier = MockServer::start().await;
+    Mock::given(method("POST")).respond_with(ResponseTemplate::new(200)).mount(&carrier).await;
+    let (machine_a, machine_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let prefix = format!("p-{}.", &uuid::Uuid::new_v4().simple().to_string()[..12]);
+    let key = ("OTP_BROKER__INTERNAL_KEY", "5e".repeat(32));
+    let mut generator_env = pipeline_env(&prefix, machine_a.path(), &carrier.uri());
+    generator_env.push(key.clone());
+    let mut sender_env = pipeline_env(&prefix, machine_b.path(), &carrier.uri());
+    sender_env.push(key);
+    let generator = Process::spawn("generator", &generator_env);
+    generator.wait_for_line("connected to RabbitMQ").await;
+    let sender = Process::spawn("sender", &sender_env);
+    let line = sender.wait_for_line("metrics on http://").await;
+    let sender_metrics = line[line.find("http://").unwrap()..].trim().to_owned();
+    sender.wait_for_line("connected to RabbitMQ").await;
+
+    let topology = Topology::new(&prefix, None);
+    let request = RawRequest { request_id: "two-machines-1".into(), phone: PHONE.into(), ..Default::default() };
+    let reply =
+        client::publish(&amqp_url(), &topology, &request, Some(Duration::from_secs(15))).await.unwrap().unwrap();
+    assert_eq!(reply.status, ReplyStatus::Accepted);
+    let sent = common::eventually(|| async { carrier.received_requests().await.filter(|r| !r.is_empty()) }).await;
+    assert!(sent.is_some(), "the sealed delivery is sent");
+
+    let forged = serde_json::json!({"delivery_id": "f-1", "request_id": "f-1", "phone": "+14155550199",
+        "text": "Your bank account is locked", "code": "000000",
+        "expires_at": "2099-01-01T00:00:00Z", "requested_at": "2026-01-01T00:00:00Z"});
+    let (connection, channel) = common::open_channel().await;
+    let properties = lapin::BasicProperties::default().with_delivery_mode(2);
+    let body = serde_json::to_vec(&forged).unwrap();
+    let exchange = topology.internal.as_str();
+    channel.basic_publish(exchange.into(), "delivery".into(), Default::default(), &body, properties).await.unwrap();
+    let _ = connection.close(200, "bye".into()).await;
+    let http = reqwest::Client::new();
+    let counted = common::eventually(|| async {
+        let metrics = http.get(&sender_metrics).send().await.ok()?.text().await.ok()?;
+        metrics.contains("otp_dead_letters_total{reason=\"unsealed\"} 1").then_some(())
+    })
+    .await;
+    assert!(counted.is_some(), "the unsealed delivery is counted");
+    assert_eq!(carrier.received_requests().await.unwrap().len(), 1, "and never sent");
+    let logs = [sender.terminate(), generator.terminate()].concat();
+    assert!(logs.iter().any(|l| l.contains("no seal")), "the sender says why");
+    for dir in [machine_a.path(), machine_b.path()] {
+        assert!(files_under(dir).iter().all(|f| !f.ends_with("internal.key")), "the configured key is not written");
+    }
+    common::delete_topology(&topology).await;
+}

@@ -380,15 +380,7 @@ impl Broker {
                     FieldTable::default(),
                 )
                 .await?;
-            loops.spawn(self.clone().consume(
-                channel,
-                consumer,
-                sub.queue.clone(),
-                tag,
-                sub.handler.clone(),
-                tracker.clone(),
-                shutdown.clone(),
-            ));
+            loops.spawn(self.clone().consume(channel, consumer, sub.clone(), tag, tracker.clone(), shutdown.clone()));
         }
         // The first loop to end decides: shutdown (Ok) or a lost connection (Err).
         let first = loops.join_next().await.map(|r| r.unwrap_or(Err(BrokerError::NotConnected)));
@@ -403,9 +395,8 @@ impl Broker {
         self: Arc<Self>,
         channel: Channel,
         mut consumer: lapin::Consumer,
-        queue: String,
+        subscription: Subscription,
         tag: String,
-        handler: Arc<dyn Handler>,
         tracker: TaskTracker,
         shutdown: CancellationToken,
     ) -> Result<(), BrokerError> {
@@ -427,8 +418,8 @@ impl Broker {
                 }
                 Some(Ok(delivery)) => {
                     let broker = self.clone();
-                    let handler = handler.clone();
-                    let sealed = self.check_seal(&queue, &delivery);
+                    let handler = subscription.handler.clone();
+                    let sealed = self.check_seal(&subscription.queue, &delivery);
                     tracker.spawn(async move {
                         let disposition = match sealed {
                             Ok(owner) => handler.handle(Inbound { owner, ..Inbound::from(&delivery) }).await,
