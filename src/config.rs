@@ -623,11 +623,38 @@ impl Config {
         // Every key lives in a section (`OTP_SECTION__KEY`): other `OTP_*`
         // variables (`OTP_CONFIG`, test settings) are not configuration.
         let env = Env::prefixed("OTP_").filter(|key| key.as_str().contains("__")).split("__");
-        let config: Config = figment.merge(env).extract().map_err(Box::new)?;
+        let config: Config = figment.merge(EnvStrings(env)).extract_lossy().map_err(Box::new)?;
         config.generator.limits()?;
         config.limits.validate().map_err(ConfigError::OutOfRange)?;
         config.check_shards(false)?;
         Ok(config)
+    }
+}
+
+/// The `OTP_SECTION__KEY` variables as [`Env`] reads them, except that a
+/// value that would parse as a number or a boolean stays the text it is:
+/// `OTP_CARRIERS__TWILIO__FROM=+15005550006` is a string, as the field wants.
+/// Extraction is lossy, so numeric and boolean fields still take such text
+/// (`OTP_BROKER__PREFETCH=32`). Lists and tables (`'["a","b"]'`) parse as
+/// before; inside them, quote numeric-looking strings.
+struct EnvStrings(Env);
+
+impl figment::Provider for EnvStrings {
+    fn metadata(&self) -> figment::Metadata {
+        self.0.metadata()
+    }
+
+    fn data(&self) -> Result<figment::value::Map<figment::Profile, figment::value::Dict>, figment::Error> {
+        use figment::value::Value;
+        let mut nested = Figment::new();
+        for (key, text) in self.0.iter() {
+            let value = match text.parse::<Value>().expect("parsing a Value is infallible") {
+                Value::Num(..) | Value::Bool(..) => Value::from(text),
+                other => other,
+            };
+            nested = nested.merge(Serialized::default(key.as_str(), value));
+        }
+        nested.data()
     }
 }
 
@@ -703,8 +730,30 @@ mod tests {
             jail.set_env("OTP_HTTP__SCOPED_API_KEYS", r#"{billing=["billing-key-0123456789"]}"#);
             let c = Config::load(Some(Path::new("c.toml"))).map_err(|e| e.to_string())?;
             assert_eq!(c.broker.prefix, "from-env.");
-            assert_eq!(c.http.scoped_api_keys["billing"], ["billing-key-0123456789"]);
             assert_eq!(c.http.listen.port(), 1);
+            assert_eq!(c.http.scoped_api_keys["billing"], ["billing-key-0123456789"]);
+            Ok(())
+        });
+    }
+
+    #[test]
+    #[allow(clippy::result_large_err)] // figment's Jail API
+    fn numeric_looking_values_from_the_environment_load_as_strings_where_strings_are_wanted() {
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("OTP_CARRIERS__TWILIO__FROM", "+15005550006");
+            jail.set_env("OTP_CARRIERS__TWILIO__ACCOUNT_SID", "1234567890");
+            jail.set_env("OTP_CARRIERS__WEBHOOK__TOKEN", "true");
+            jail.set_env("OTP_BROKER__PREFETCH", "32");
+            jail.set_env("OTP_CARRIERS__TWILIO__AUTH_TOKEN", "0123");
+            jail.set_env("OTP_HTTP__RATE_PER_KEY_PER_SEC", "0");
+            jail.set_env("OTP_ROUTING__DEFAULT", "[webhook, console]");
+            let c = Config::load(None).map_err(|e| e.to_string())?;
+            let twilio = c.carriers.twilio.expect("the section from the environment");
+            assert_eq!((twilio.from.as_deref(), twilio.account_sid.as_str()), (Some("+15005550006"), "1234567890"));
+            assert_eq!(c.carriers.webhook.token.as_deref(), Some("true"));
+            assert_eq!(twilio.auth_token, "0123", "leading zeros kept");
+            assert_eq!((c.broker.prefetch, c.http.rate_per_key_per_sec), (32, 0));
+            assert_eq!(c.routing.default.len(), 2);
             Ok(())
         });
     }
