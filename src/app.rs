@@ -10,10 +10,12 @@ use crate::http::{self, ApiKeys, ApiState, Gate};
 use crate::secrets::{self, SecretError};
 use crate::sender::{DeliveryHandler, Sender, SenderError};
 use crate::store::{Store, StoreError, Writer, WriterSettings};
+use crate::supervisor::{Supervisor, TaskError};
 use crate::telemetry;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -35,6 +37,9 @@ pub enum AppError {
     /// The carrier or routing configuration is wrong.
     #[error(transparent)]
     Sender(#[from] SenderError),
+    /// A supervised task failed, panicked or stopped early (named in the error).
+    #[error(transparent)]
+    Task(#[from] TaskError),
     /// The HTTP port could not be bound or served.
     #[error("http {addr}: {source}")]
     Http {
@@ -210,33 +215,52 @@ impl GeneratorApp {
             let handler = Arc::new(RequestHandler(self.generator.clone()));
             subscriptions.push(Subscription { queue: topology.ingress, handler });
         }
-        let consuming = tokio::spawn(broker.run(subscriptions, shutdown.clone()));
-        let sweeper = tokio::spawn({
-            let (generator, shutdown, every, retention) =
-                (self.generator.clone(), shutdown.clone(), self.sweep_every, self.retention);
-            async move {
-                let mut ticks = tokio::time::interval(every);
-                ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-                loop {
-                    tokio::select! {
-                        _ = shutdown.cancelled() => break,
-                        _ = ticks.tick() => {
-                            if let Err(e) = generator.sweep(retention).await {
-                                tracing::warn!(error = %e, "sweep failed; will try again");
-                            }
-                        }
-                    }
-                }
-            }
-        });
-        let served = http::serve_with(self.listener, self.router, shutdown.clone(), self.edge).await;
-        let _ = consuming.await;
-        let _ = sweeper.await;
+        let mut tasks = Supervisor::new(shutdown.clone(), SHUTDOWN_GRACE);
+        tasks.spawn("generator consumers", broker.run(subscriptions, shutdown.clone()));
+        let (generator, stop, every, retention) =
+            (self.generator.clone(), shutdown.clone(), self.sweep_every, self.retention);
+        tasks.spawn("sweeper", ok(sweep_until(generator, stop, every, retention)));
+        let served = http::serve_with(self.listener, self.router, shutdown, self.edge);
+        tasks
+            .spawn("generator HTTP API", async move { served.await.map_err(|source| AppError::Http { addr, source }) });
+        let ended = tasks.wait().await;
+        // Whatever ended the tasks, what the writer took is made durable.
         self.generator.writer().flush().await?;
         tracing::info!("generator stopped; store flushed");
-        served.map_err(|source| AppError::Http { addr, source })
+        ended.map_err(AppError::Task)
     }
 }
+
+/// Sweeps every `every` until `shutdown`; a failed sweep is tried again.
+async fn sweep_until(
+    generator: Arc<Generator>,
+    shutdown: CancellationToken,
+    every: Duration,
+    retention: time::Duration,
+) {
+    let mut ticks = tokio::time::interval(every);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            _ = ticks.tick() => {
+                if let Err(e) = generator.sweep(retention).await {
+                    tracing::warn!(error = %e, "sweep failed; will try again");
+                }
+            }
+        }
+    }
+}
+
+/// A task that cannot fail, as a supervised one.
+async fn ok(task: impl std::future::Future<Output = ()>) -> Result<(), std::convert::Infallible> {
+    task.await;
+    Ok(())
+}
+
+/// How long a process's tasks get to finish once shutdown begins (the HTTP
+/// servers' own grace is shorter).
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(20);
 
 /// Opens the store. While it cannot be opened (disk full, permissions, a
 /// damaged file), nothing is consumed — so nothing is acked — and `listener`
@@ -337,35 +361,23 @@ impl SenderApp {
     pub async fn run(self, shutdown: CancellationToken) -> Result<(), AppError> {
         let queue = self.broker.topology().deliveries.clone();
         let subscriptions = vec![Subscription { queue, handler: Arc::new(DeliveryHandler(self.sender.clone())) }];
-        let consuming = tokio::spawn(self.broker.clone().run(subscriptions, shutdown.clone()));
+        let mut tasks = Supervisor::new(shutdown.clone(), SHUTDOWN_GRACE);
+        tasks.spawn("sender consumers", self.broker.clone().run(subscriptions, shutdown.clone()));
         if let Some(listener) = self.listener {
             let addr =
                 listener.local_addr().map_err(|source| AppError::Http { addr: ([0, 0, 0, 0], 0).into(), source })?;
             let router =
                 http::ops_router(self.broker.clone(), telemetry::metrics()).merge(http::receipts_router(self.receipts));
-            http::serve_with(listener, router, shutdown.clone(), self.edge)
-                .await
-                .map_err(|source| AppError::Http { addr, source })?;
+            let served = http::serve_with(listener, router, shutdown, self.edge);
+            tasks.spawn(
+                "sender HTTP port",
+                async move { served.await.map_err(|source| AppError::Http { addr, source }) },
+            );
         }
-        let _ = consuming.await;
+        let ended = tasks.wait().await;
         tracing::info!("sender stopped");
-        Ok(())
+        ended.map_err(AppError::Task)
     }
 }
 
-/// A token cancelled on SIGINT or SIGTERM.
-pub fn shutdown_on_signals() -> CancellationToken {
-    let token = CancellationToken::new();
-    let cancel = token.clone();
-    tokio::spawn(async move {
-        let mut term =
-            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("install SIGTERM handler");
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = term.recv() => {}
-        }
-        tracing::info!("shutting down: finishing in-flight work");
-        cancel.cancel();
-    });
-    token
-}
+pub use crate::supervisor::shutdown_on_signals;

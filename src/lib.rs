@@ -20,4 +20,5 @@ pub mod relay;
 pub mod secrets;
 pub mod sender;
 pub mod store;
+pub mod supervisor;
 pub mod telemetry;

@@ -373,6 +373,7 @@ fn document_is_asyncapi_3_with_the_contract_channels_and_names() {
             "malformed_event",
             "malformed_receipt",
             "carrier_failed",
+            "handler_panicked",
             "unsealed"
         ])
     );

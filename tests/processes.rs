@@ -217,3 +217,53 @@ async fn processes_on_separate_machines_share_the_internal_key_from_the_environm
     }
     common::delete_topology(&topology).await;
 }
+
+/// One supervisor per process: a consumer the broker refuses for good (here
+/// a deliveries queue someone declared with other arguments) stops the whole
+/// process, which exits non-zero naming the task and the broker's answer,
+/// instead of retrying forever while not ready.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_consumer_the_broker_refuses_stops_the_process_naming_it() {
+    require_rabbitmq().await;
+    let dir = tempfile::tempdir().unwrap();
+    let prefix = format!("p-{}.", &uuid::Uuid::new_v4().simple().to_string()[..12]);
+    let topology = Topology::new(&prefix, None);
+    let (connection, channel) = common::open_channel().await;
+    let mut args = lapin::types::FieldTable::default();
+    args.insert("x-max-length".into(), lapin::types::AMQPValue::LongUInt(1));
+    let options = lapin::options::QueueDeclareOptions { durable: true, ..Default::default() };
+    channel.queue_declare(topology.deliveries.as_str().into(), options, args).await.unwrap();
+    let _ = connection.close(200, "bye".into()).await;
+    let mut all_in_one = Process::spawn("all-in-one", &base_env(&prefix, dir.path()));
+    let status = all_in_one.wait_exit(Duration::from_secs(20)).expect("the process stops by itself");
+    assert!(!status.success(), "exit status {status}");
+    let logs = all_in_one.log.lock().unwrap().clone();
+    let error = logs.iter().find(|l| l.contains("Error:")).unwrap_or_else(|| panic!("no error line: {logs:#?}"));
+    assert!(error.contains("consumers failed") && error.contains("PRECONDITION_FAILED"), "{error}");
+    common::delete_topology(&topology).await;
+}
+
+/// Started as `scripts/run | tee run.log` and stopped with Ctrl-C, the
+/// process loses its stdout; SIGTERM must still stop it within seconds, and
+/// a second signal stops it at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_with_stdout_closed_still_stops_the_process() {
+    require_rabbitmq().await;
+    let dir = tempfile::tempdir().unwrap();
+    let prefix = format!("p-{}.", &uuid::Uuid::new_v4().simple().to_string()[..12]);
+    let mut env = base_env(&prefix, dir.path());
+    env.push(("OTP_HTTP__API_KEYS", format!("[{API_KEY}]")));
+    env.push(("OTP_SENDER__LISTEN", "127.0.0.1:0".into()));
+    let mut all_in_one = Process::spawn_with_stdout_closed("all-in-one", &env);
+    all_in_one.wait_for_line("connected to RabbitMQ").await;
+    // The console carrier prints the SMS to the closed stdout.
+    let request = RawRequest { request_id: "closed-stdout".into(), phone: PHONE.into(), ..Default::default() };
+    let reply =
+        client::publish(&amqp_url(), &Topology::new(&prefix, None), &request, Some(Duration::from_secs(15))).await;
+    assert_eq!(reply.unwrap().unwrap().status, ReplyStatus::Accepted);
+    all_in_one.wait_for_line("Broken pipe").await;
+    all_in_one.signal("-INT");
+    let status = all_in_one.wait_exit(Duration::from_secs(15)).expect("stopped within seconds of SIGINT");
+    assert!(status.success(), "a clean stop: {status}");
+    common::delete_topology(&Topology::new(&prefix, None)).await;
+}

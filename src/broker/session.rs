@@ -8,7 +8,7 @@ use crate::config::BrokerConfig;
 use crate::domain::{SealError, SealRing};
 use crate::telemetry::names;
 use backon::BackoffBuilder;
-use futures_lite::StreamExt;
+use futures_lite::{FutureExt, StreamExt};
 use lapin::options::{
     BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicPublishOptions, BasicQosOptions,
     BasicRejectOptions, ConfirmSelectOptions,
@@ -280,7 +280,14 @@ impl Broker {
     /// Connects, runs `subscriptions` until `shutdown`, and rebuilds the
     /// connection whenever it is lost. On shutdown: stops consuming, lets
     /// in-flight messages finish and settle, then closes the connection.
-    pub async fn run(self: Arc<Self>, subscriptions: Vec<Subscription>, shutdown: CancellationToken) {
+    /// Returns an error only for what no retry can cure: the broker refused
+    /// the topology (`PRECONDITION_FAILED`, e.g. a queue declared with other
+    /// arguments) or this user's rights (`ACCESS_REFUSED`).
+    pub async fn run(
+        self: Arc<Self>,
+        subscriptions: Vec<Subscription>,
+        shutdown: CancellationToken,
+    ) -> Result<(), BrokerError> {
         let backoff = || {
             backon::ExponentialBuilder::default()
                 .with_min_delay(Duration::from_millis(100))
@@ -299,6 +306,11 @@ impl Broker {
             };
             let connection = match opened {
                 Ok(c) => c,
+                Err(e) if is_permanent(&e) => {
+                    tracing::error!(error = %e, "RabbitMQ refused this process's topology or rights; stopping");
+                    self.set_publisher(None);
+                    return Err(e);
+                }
                 Err(e) => {
                     let delay = delays.next().unwrap_or(Duration::from_secs(5));
                     tracing::warn!(error = %e, retry_in = ?delay, url = %redact_url(&self.url), "cannot reach RabbitMQ");
@@ -331,6 +343,7 @@ impl Broker {
             }
         }
         self.set_publisher(None);
+        Ok(())
     }
 
     /// Follows lapin's own recovery: readiness drops while the connection is
@@ -422,7 +435,15 @@ impl Broker {
                     let sealed = self.check_seal(&subscription.queue, &delivery);
                     tracker.spawn(async move {
                         let disposition = match sealed {
-                            Ok(owner) => handler.handle(Inbound { owner, ..Inbound::from(&delivery) }).await,
+                            Ok(owner) => {
+                                let handled = handler.handle(Inbound { owner, ..Inbound::from(&delivery) });
+                                // A bug in a handler must not leave its message unsettled.
+                                std::panic::AssertUnwindSafe(handled).catch_unwind().await.unwrap_or_else(|panic| {
+                                    let error = crate::supervisor::panic_text(panic.as_ref());
+                                    tracing::error!(error, "a message handler panicked");
+                                    Disposition::DeadLetter { reason: "handler_panicked", error }
+                                })
+                            }
                             // Forged or from another deployment: never handled.
                             Err(e) => Disposition::DeadLetter { reason: "unsealed", error: e.to_string() },
                         };
@@ -492,6 +513,15 @@ impl Broker {
             tracing::warn!(error = %e, "could not settle a message; it will be redelivered");
         }
     }
+}
+
+/// Whether `e` is one no reconnect can cure: the broker refused a declare
+/// or a permission (channel-level 406 or 403).
+fn is_permanent(e: &BrokerError) -> bool {
+    use lapin::protocol::{AMQPErrorKind, AMQPSoftError};
+    let BrokerError::Amqp(e) = e else { return false };
+    let lapin::ErrorKind::ProtocolError(amqp) = e.kind() else { return false };
+    matches!(amqp.kind(), AMQPErrorKind::Soft(AMQPSoftError::PRECONDITIONFAILED | AMQPSoftError::ACCESSREFUSED))
 }
 
 /// Headers of a message larger than this (as encoded, about) are not copied

@@ -41,6 +41,45 @@ impl Process {
             .unwrap_or_else(|| panic!("no log line with {needle:?}; log: {:#?}", self.log.lock().unwrap()))
     }
 
+    /// Spawns `command` with stdout closed (its reader gone, as when a
+    /// `| tee` ends with Ctrl-C); stderr is captured.
+    pub fn spawn_with_stdout_closed(command: &str, env: &[(&str, String)]) -> Self {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_otp-pipeline"));
+        cmd.arg(command).stdout(Stdio::piped()).stderr(Stdio::piped()).env("RUST_LOG", "info");
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().expect("spawn otp-pipeline");
+        drop(child.stdout.take()); // the read end: writes now fail with EPIPE
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let stderr = child.stderr.take().unwrap();
+        let lines = log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                lines.lock().unwrap().push(line);
+            }
+        });
+        Self { child, log }
+    }
+
+    /// Waits (at most `limit`) for the process to exit by itself; its status.
+    pub fn wait_exit(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = std::time::Instant::now() + limit;
+        while std::time::Instant::now() < deadline {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                std::thread::sleep(Duration::from_millis(50));
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+
+    /// Sends `signal` (e.g. "-TERM").
+    pub fn signal(&self, signal: &str) {
+        Command::new("kill").arg(signal).arg(self.child.id().to_string()).status().unwrap();
+    }
+
     pub fn terminate(mut self) -> Vec<String> {
         Command::new("kill").arg("-TERM").arg(self.child.id().to_string()).status().unwrap();
         let status = self.child.wait().unwrap();
