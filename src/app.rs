@@ -106,6 +106,9 @@ impl KeyReloader {
 impl GeneratorApp {
     /// Opens the store, loads secrets and binds the HTTP port.
     pub async fn build(config: &Config, clock: Arc<dyn Clock>) -> Result<Self, AppError> {
+        // Everything that can be wrong with the configuration, before any
+        // file is written, any port bound or any connection made.
+        let policy = check_generator(config)?;
         let metrics = telemetry::metrics();
         let data_dir = config.store.data_dir.clone();
         secrets::ensure_data_dir(&data_dir)?;
@@ -117,14 +120,6 @@ impl GeneratorApp {
         let cache = config.store.cache_mb.saturating_mul(1024 * 1024);
         let store = open_store(&data_dir, cache, &listener, &metrics).await?;
         let listener = TcpListener::from_std(listener).map_err(|source| AppError::Http { addr, source })?;
-        let policy = Policy {
-            limits: config.generator.limits()?,
-            templates: Templates::new(config.templates.clone())?,
-            max_attempts: config.generator.max_attempts,
-            app_name: config.generator.app_name.clone(),
-            guards: config.limits.clone(),
-        };
-        config.check_shards(true)?;
         let seal = secrets::seal_ring(&config.broker, &data_dir)?;
         let broker = Broker::for_shard(&config.broker, "otp-generator", Some(config.generator.shard), seal);
         let settings = WriterSettings {
@@ -140,10 +135,6 @@ impl GeneratorApp {
         secrets::check_scoped_keys(&config.http.scoped_api_keys, &keys)?;
         let api_keys = Arc::new(ApiKeys::with_scopes(&keys, &config.http.scoped_api_keys));
         let gate = Arc::new(Gate::new(api_keys.clone(), config.http.rate_per_key_per_sec, config.http.burst_per_key));
-        if config.http.admin_api_keys.iter().any(|k| k.trim().len() < secrets::MIN_API_KEY_LEN) {
-            let detail = format!("http.admin_api_keys must be at least {} characters each", secrets::MIN_API_KEY_LEN);
-            return Err(SecretError::Invalid(detail).into());
-        }
         let admin_keys = Arc::new(ApiKeys::new(&config.http.admin_api_keys));
         let admin = Arc::new(Gate::new(admin_keys, config.http.rate_per_key_per_sec, config.http.burst_per_key));
         let shards = Arc::new(http::Shards::new(&config.broker, &config.generator));
@@ -231,6 +222,26 @@ impl GeneratorApp {
     }
 }
 
+/// The generator's configuration checked as a whole — templates, limits,
+/// shards, the admin and scoped keys — with no side effect; its policy.
+/// `--check` runs this; [`GeneratorApp::build`] runs it before touching the
+/// disk or the network.
+pub fn check_generator(config: &Config) -> Result<Policy, AppError> {
+    config.check_shards(true)?;
+    if config.http.admin_api_keys.iter().any(|k| k.trim().len() < secrets::MIN_API_KEY_LEN) {
+        let detail = format!("http.admin_api_keys must be at least {} characters each", secrets::MIN_API_KEY_LEN);
+        return Err(SecretError::Invalid(detail).into());
+    }
+    secrets::check_scoped_keys(&config.http.scoped_api_keys, &config.http.api_keys)?;
+    Ok(Policy {
+        limits: config.generator.limits()?,
+        templates: Templates::new(config.templates.clone())?,
+        max_attempts: config.generator.max_attempts,
+        app_name: config.generator.app_name.clone(),
+        guards: config.limits.clone(),
+    })
+}
+
 /// Sweeps every `every` until `shutdown`; a failed sweep is tried again.
 async fn sweep_until(
     generator: Arc<Generator>,
@@ -313,6 +324,8 @@ pub struct SenderApp {
 impl SenderApp {
     /// Builds the carriers; binds `sender.listen` if `with_http`.
     pub async fn build(config: &Config, clock: Arc<dyn Clock>, with_http: bool) -> Result<Self, AppError> {
+        // Carriers and routes first: a wrong one stops the start before the port is bound.
+        crate::sender::routed_carriers(config)?;
         let listener = if with_http {
             let addr = config.sender.listen;
             Some(TcpListener::bind(addr).await.map_err(|source| AppError::Http { addr, source })?)

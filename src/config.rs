@@ -66,7 +66,7 @@ pub struct BrokerConfig {
     /// (1: one generator owns every number).
     pub shards: u16,
     /// `classic` or `quorum` (replicated queues for a RabbitMQ cluster).
-    pub queue_type: String,
+    pub queue_type: QueueType,
     /// The key that seals internal messages (hex, at least 64 hex digits),
     /// the same in every process of a deployment. Unset: read from
     /// `internal_key_file`, created by the first process that starts.
@@ -86,12 +86,32 @@ impl Default for BrokerConfig {
             prefetch: 64,
             queue_expires_ms: None,
             shards: 1,
-            queue_type: "classic".into(),
+            queue_type: QueueType::Classic,
             internal_key: None,
             internal_key_file: None,
             previous_internal_keys: Vec::new(),
         }
     }
+}
+
+/// The kind of queues declared (`broker.queue_type`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum QueueType {
+    /// RabbitMQ's classic queues (one node).
+    Classic,
+    /// Replicated quorum queues (a RabbitMQ cluster).
+    Quorum,
+}
+
+/// How logs are written (`log.format`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// For people: one line per event.
+    Pretty,
+    /// For log shippers: one JSON object per line.
+    Json,
 }
 
 /// Where the generator's state lives.
@@ -579,14 +599,14 @@ impl std::fmt::Debug for WebhookConfig {
 #[serde(default, deny_unknown_fields)]
 pub struct LogConfig {
     /// `pretty` (humans) or `json` (log shippers).
-    pub format: String,
+    pub format: LogFormat,
     /// A `tracing` filter, e.g. `info,otp_pipeline=debug`. `RUST_LOG` wins.
     pub level: String,
 }
 
 impl Default for LogConfig {
     fn default() -> Self {
-        Self { format: "pretty".into(), level: "info".into() }
+        Self { format: LogFormat::Pretty, level: "info".into() }
     }
 }
 
@@ -594,9 +614,6 @@ impl Config {
     /// `generator.shard` must be one of `broker.shards`; with `generator`,
     /// a sharded generator must also know every shard's URL.
     pub fn check_shards(&self, generator: bool) -> Result<(), ConfigError> {
-        if !["classic", "quorum"].contains(&self.broker.queue_type.as_str()) {
-            return Err(ConfigError::OutOfRange("broker.queue_type must be \"classic\" or \"quorum\"".into()));
-        }
         let (shards, shard) = (self.broker.shards.max(1), self.generator.shard);
         if shard >= shards {
             return Err(ConfigError::OutOfRange(format!(

@@ -36,6 +36,25 @@ pub enum SenderError {
     Routing(#[from] RoutingError),
 }
 
+/// Every carrier the routes name, by name.
+pub type CarriersByName = BTreeMap<String, Arc<dyn Carrier>>;
+
+/// The routes and every carrier they name, built from `config` (no I/O):
+/// what `--check` and a sender's start-up verify first.
+pub fn routed_carriers(config: &Config) -> Result<(Routes, CarriersByName), SenderError> {
+    let route =
+        |entries: &[crate::config::RouteEntry]| entries.iter().map(|e| (e.carrier().to_owned(), e.weight())).collect();
+    let routes = Routes::new(
+        route(&config.routing.default),
+        config.routing.countries.iter().map(|(code, entries)| (code.clone(), route(entries))).collect(),
+    )?;
+    let mut carriers = BTreeMap::new();
+    for name in routes.carriers() {
+        carriers.insert(name.to_owned(), carriers::build(name, config)?);
+    }
+    Ok((routes, carriers))
+}
+
 /// One carrier with its breaker, concurrency cap and rate limit.
 struct Slot {
     carrier: Arc<dyn Carrier>,
@@ -117,19 +136,14 @@ pub struct Sender {
 impl Sender {
     /// Builds every carrier the routes name, with its limits and breaker.
     pub fn from_config(config: &Config, broker: Arc<Broker>, clock: Arc<dyn Clock>) -> Result<Self, SenderError> {
-        let route = |entries: &[crate::config::RouteEntry]| {
-            entries.iter().map(|e| (e.carrier().to_owned(), e.weight())).collect()
-        };
-        let routes = Routes::new(
-            route(&config.routing.default),
-            config.routing.countries.iter().map(|(code, entries)| (code.clone(), route(entries))).collect(),
-        )?;
-        let mut slots = BTreeMap::new();
-        for name in routes.carriers() {
-            let carrier = carriers::build(name, config)?;
-            let limits = config.sender.limits.get(name).copied().unwrap_or_default();
-            slots.insert(name.to_owned(), Slot::new(carrier, limits, config.sender.breaker));
-        }
+        let (routes, carriers) = routed_carriers(config)?;
+        let slots = carriers
+            .into_iter()
+            .map(|(name, carrier)| {
+                let limits = config.sender.limits.get(&name).copied().unwrap_or_default();
+                (name, Slot::new(carrier, limits, config.sender.breaker))
+            })
+            .collect();
         Ok(Self { slots, routes, broker, clock, retry: config.sender.retry.clone() })
     }
 

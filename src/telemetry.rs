@@ -223,10 +223,14 @@ fn describe() {
 
 /// Installs the global `tracing` subscriber. `RUST_LOG` overrides `level`.
 /// Safe to call more than once (later calls do nothing).
-pub fn init_tracing(format: &str, level: &str) {
+pub fn init_tracing(format: crate::config::LogFormat, level: &str) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level));
     // Colours only on a terminal: a log file or collector gets plain text.
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi);
-    let _ = if format == "json" { builder.json().try_init() } else { builder.try_init() };
+    // A second subscriber (tests) is refused; the first stays.
+    let _ = match format {
+        crate::config::LogFormat::Json => builder.json().try_init(),
+        crate::config::LogFormat::Pretty => builder.try_init(),
+    };
 }

@@ -267,3 +267,50 @@ async fn sigterm_with_stdout_closed_still_stops_the_process() {
     assert!(status.success(), "a clean stop: {status}");
     common::delete_topology(&Topology::new(&prefix, None)).await;
 }
+
+/// A misconfigured generator says what is wrong and exits non-zero before it
+/// touches the disk or the network: no data dir, no key file, no port, no
+/// queue. `--check` gives the same verdict.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_misconfigured_generator_exits_before_touching_disk_or_network() {
+    require_rabbitmq().await;
+    let cases: [(&str, Vec<(&'static str, String)>); 3] = [
+        (
+            "generator.shard 5 must be below broker.shards 2",
+            vec![("OTP_BROKER__SHARDS", "2".into()), ("OTP_GENERATOR__SHARD", "5".into())],
+        ),
+        ("{code}", vec![("OTP_TEMPLATES__LOGIN__EN", "no placeholder here".into())]),
+        ("http.admin_api_keys must be at least 16 characters", vec![("OTP_HTTP__ADMIN_API_KEYS", "[short]".into())]),
+    ];
+    for (expected, extra) in cases {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        let prefix = format!("p-{}.", &uuid::Uuid::new_v4().simple().to_string()[..12]);
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let mut env = base_env(&prefix, &data);
+        env.retain(|(k, _)| *k != "OTP_HTTP__LISTEN");
+        env.push(("OTP_HTTP__LISTEN", format!("127.0.0.1:{port}")));
+        env.extend(extra);
+        let check = Command::new(env!("CARGO_BIN_EXE_otp-pipeline"))
+            .args(["--check", "generator"])
+            .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+            .output()
+            .unwrap();
+        assert!(!check.status.success(), "--check refuses it ({expected})");
+        assert!(String::from_utf8_lossy(&check.stderr).contains(expected), "{:?}", check.stderr);
+        let mut generator = Process::spawn("generator", &env);
+        let status = generator.wait_exit(Duration::from_secs(10)).expect("it stops by itself");
+        assert!(!status.success(), "{expected}: {status}");
+        let logs = generator.log.lock().unwrap().join("\n");
+        assert!(logs.contains(expected), "{expected}: {logs}");
+        assert!(!data.exists(), "{expected}: the data dir was created");
+        assert!(std::net::TcpListener::bind(("127.0.0.1", port)).is_ok(), "the port is free");
+        let (connection, channel) = common::open_channel().await;
+        let passive = lapin::options::QueueDeclareOptions { passive: true, ..Default::default() };
+        let declared = channel
+            .queue_declare(Topology::new(&prefix, None).requests.as_str().into(), passive, Default::default())
+            .await;
+        assert!(declared.is_err(), "{expected}: it declared its queues");
+        let _ = connection.close(200, "bye".into()).await;
+    }
+}

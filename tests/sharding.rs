@@ -130,7 +130,7 @@ async fn two_generator_shards_split_the_numbers_and_answer_for_each_other() {
 /// For a RabbitMQ cluster: the same pipeline on quorum queues.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_pipeline_runs_on_quorum_queues() {
-    let env = TestEnv::start_with(|c, _| c.broker.queue_type = "quorum".into()).await;
+    let env = TestEnv::start_with(|c, _| c.broker.queue_type = otp_pipeline::config::QueueType::Quorum).await;
     let reply = env.publish(&env.request("quorum-1")).await;
     assert_eq!(reply.status, ReplyStatus::Accepted);
     let code = env.code_for("quorum-1").await;

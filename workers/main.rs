@@ -23,8 +23,9 @@ struct Cli {
     /// TOML configuration file (defaults apply without one; `OTP_*` variables override both).
     #[arg(long, short, global = true, env = "OTP_CONFIG")]
     config: Option<PathBuf>,
-    /// Check only: parse the arguments, load the configuration and build the routed carriers, then exit
-    /// without connecting or listening (tests/compose.rs checks every docker-compose command so).
+    /// Check only: parse the arguments, load the configuration and check it as the command would at start
+    /// (templates, limits, shards, keys, routed carriers), then exit without writing, connecting or listening
+    /// (tests/compose.rs checks every docker-compose command so).
     #[arg(long, global = true)]
     check: bool,
     #[command(subcommand)]
@@ -68,13 +69,16 @@ async fn main() -> anyhow::Result<()> {
     }
     let config = Config::load(cli.config.as_deref())?;
     if cli.check {
-        let routing = &config.routing;
-        for entry in routing.default.iter().chain(routing.countries.values().flatten()) {
-            otp_pipeline::carriers::build(entry.carrier(), &config)?;
+        // What the command would refuse at start, without starting anything.
+        if matches!(cli.command, Command::AllInOne | Command::Generator) {
+            otp_pipeline::app::check_generator(&config)?;
+        }
+        if !matches!(cli.command, Command::Generator) {
+            otp_pipeline::sender::routed_carriers(&config)?;
         }
         return Ok(());
     }
-    otp_pipeline::telemetry::init_tracing(&config.log.format, &config.log.level);
+    otp_pipeline::telemetry::init_tracing(config.log.format, &config.log.level);
     match cli.command {
         Command::AllInOne => all_in_one::run(config, cli.config).await,
         Command::Generator => generator::run(config, cli.config).await,

@@ -80,7 +80,7 @@ impl Broker {
             name: if config.prefix.is_empty() { name.to_owned() } else { format!("{name} ({})", config.prefix) },
             prefetch: config.prefetch.max(1),
             topology: Topology::new(&config.prefix, config.queue_expires_ms)
-                .quorum(config.queue_type == "quorum")
+                .quorum(config.queue_type == crate::config::QueueType::Quorum)
                 .sharded(shard, config.shards),
             publisher: RwLock::new(None),
             connection: RwLock::new(None),
