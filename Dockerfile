@@ -1,8 +1,9 @@
 # syntax=docker/dockerfile:1
 #
-# otp-pipeline: one image, every role. The command picks it (generator,
-# sender, fake-carrier, all-in-one, publish, probe); docker-compose.yml runs
-# the whole pipeline from it. Build alone with:
+# otp-pipeline: the product image, every product role. The command picks it
+# (generator, sender, all-in-one, publish, probe); docker-compose.yml runs the
+# pipeline from it (the fake carrier has its own image,
+# tools/fake-carrier/Dockerfile: tools stay out of the product). Build alone with:
 #   docker build -t otp-pipeline .
 # Checked without a Docker engine by tests/compose.rs.
 
@@ -12,13 +13,15 @@ WORKDIR /build
 COPY Cargo.toml Cargo.lock ./
 COPY src/ src/
 COPY workers/ workers/
+# The workspace's tool crates: cargo needs their manifests; only the product is built.
+COPY tools/ tools/
 # The registry and target directories are BuildKit caches kept between builds,
 # so a source change recompiles only this crate. The target directory is not
 # part of the image: the binary is copied out in the same step.
 RUN --mount=type=cache,target=/usr/local/cargo/registry,sharing=locked \
     --mount=type=cache,target=/usr/local/cargo/git,sharing=locked \
     --mount=type=cache,target=/build/target,sharing=locked \
-    cargo build --release --locked --bin otp-pipeline \
+    cargo build --release --locked -p otp-pipeline --bin otp-pipeline \
     && cp target/release/otp-pipeline /usr/local/bin/otp-pipeline
 
 # ---- runtime -------------------------------------------------------------
@@ -42,8 +45,8 @@ WORKDIR /var/lib/otp-pipeline
 # Numeric, so that runtimes can tell it is not root (Kubernetes runAsNonRoot).
 USER 10001:10001
 # 8080: generator HTTP API and /metrics (http.listen); 9091: a sender's
-# /metrics, /readyz and receipt callbacks (sender.listen); 9099: fake-carrier.
-EXPOSE 8080 9091 9099
+# /metrics, /readyz and receipt callbacks (sender.listen).
+EXPOSE 8080 9091
 ENTRYPOINT ["otp-pipeline"]
 # The generator with the compose configuration (broker at rabbitmq:5672);
 # set OTP_BROKER__URL to point it elsewhere. See docker-compose.yml.

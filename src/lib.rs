@@ -6,17 +6,14 @@
 //! [`http`]. See `README.md` for the public contract.
 
 pub mod app;
-pub mod bench;
 pub mod broker;
 pub mod carriers;
 pub mod client;
 pub mod config;
 pub mod domain;
-pub mod fake_carrier;
 pub mod generator;
 pub mod http;
 pub mod probe;
-pub mod relay;
 pub mod secrets;
 pub mod sender;
 pub mod store;

@@ -17,8 +17,8 @@
 //!   base URLs, receipt callbacks, Prometheus targets, Grafana's datasource)
 //!   names a service and a port it listens on, with matching secrets.
 
+use otp_fake_carrier::FakeCarrierConfig;
 use otp_pipeline::config::{Config, RouteEntry};
-use otp_pipeline::fake_carrier::FakeCarrierConfig;
 use reqwest::Url;
 use serde_json::{Map, Value, json};
 use std::collections::BTreeSet;
@@ -28,6 +28,18 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 const BINARY: &str = env!("CARGO_BIN_EXE_otp-pipeline");
+
+/// The fake carrier's binary: a tool crate of this workspace, built beside
+/// this test by `cargo test --workspace` (what `scripts/test` runs).
+fn fake_carrier_binary() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let path = exe.parent().and_then(Path::parent).unwrap().join("otp-fake-carrier");
+    assert!(path.exists(), "{} is missing: run `cargo build -p otp-fake-carrier` (scripts/test does)", path.display());
+    path
+}
+
+/// The fake carrier's Dockerfile (its own image: tools stay out of the product's).
+const FAKE_CARRIER_DOCKERFILE: &str = "tools/fake-carrier/Dockerfile";
 
 fn root() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -159,9 +171,14 @@ fn container_ports(service: &Value) -> BTreeSet<u16> {
 
 /// A Dockerfile as stages of (INSTRUCTION, arguments), continuation lines joined, comments dropped.
 fn dockerfile() -> Vec<Vec<(String, String)>> {
+    dockerfile_at("Dockerfile")
+}
+
+/// The Dockerfile at `path` (from the repository root), as [`dockerfile`] reads it.
+fn dockerfile_at(path: &str) -> Vec<Vec<(String, String)>> {
     let mut logical = Vec::new();
     let mut current = String::new();
-    for line in read(&root().join("Dockerfile")).lines() {
+    for line in read(&root().join(path)).lines() {
         let line = line.trim();
         if line.is_empty() || line.starts_with('#') {
             continue;
@@ -216,7 +233,11 @@ struct Image {
 }
 
 fn image() -> Image {
-    let stages = dockerfile();
+    image_of("Dockerfile")
+}
+
+fn image_of(path: &str) -> Image {
+    let stages = dockerfile_at(path);
     let last = stages.last().unwrap();
     let mut copies = Vec::new();
     for (keyword, args) in last {
@@ -271,8 +292,10 @@ fn load_config(path: Option<&Path>, env: &[(String, String)]) -> Config {
     loaded.unwrap()
 }
 
-/// A service that runs our image.
+/// A service that runs one of our images: the product's, or the fake carrier's.
 struct Otp {
+    /// Whether it runs the fake carrier's image (`otp-fake-carrier`, options only).
+    fake_carrier: bool,
     name: String,
     /// Its command (the image's CMD if it has none), container paths as written.
     args: Vec<String>,
@@ -288,7 +311,9 @@ impl Otp {
         if args.is_empty() {
             args = image.cmd.clone();
         }
+        let fake_carrier = service["image"].as_str().is_some_and(|i| i.starts_with("otp-fake-carrier"));
         let mut otp = Self {
+            fake_carrier,
             name: name.into(),
             args,
             env: environment(service),
@@ -302,9 +327,15 @@ impl Otp {
         otp
     }
 
-    /// The subcommand: by convention the command's first word.
+    /// The subcommand: by convention the command's first word; `fake-carrier`
+    /// for the fake carrier's image.
     fn role(&self) -> &str {
-        &self.args[0]
+        if self.fake_carrier { "fake-carrier" } else { &self.args[0] }
+    }
+
+    /// The binary its image runs.
+    fn binary(&self) -> PathBuf {
+        if self.fake_carrier { fake_carrier_binary() } else { PathBuf::from(BINARY) }
     }
 
     fn option(&self, flag: &str) -> Option<String> {
@@ -355,6 +386,7 @@ impl Otp {
 struct Stack {
     file: Value,
     image: Image,
+    fake_image: Image,
     otp: Vec<Otp>,
 }
 
@@ -362,14 +394,21 @@ impl Stack {
     fn load() -> Self {
         let file = compose_file();
         let image = image();
+        let fake_image = image_of(FAKE_CARRIER_DOCKERFILE);
         let otp = Self::services_of(&file)
             .iter()
-            .filter(|(_, s)| {
-                s.get("build").is_some() || s["image"].as_str().is_some_and(|i| i.starts_with("otp-pipeline"))
+            .filter(|(_, s)| s.get("build").is_some() || s["image"].as_str().is_some_and(|i| i.starts_with("otp-")))
+            .map(|(name, service)| {
+                let fake = service["image"].as_str().is_some_and(|i| i.starts_with("otp-fake-carrier"));
+                Otp::new(name, service, if fake { &fake_image } else { &image })
             })
-            .map(|(name, service)| Otp::new(name, service, &image))
             .collect();
-        Self { file, image, otp }
+        Self { file, image, fake_image, otp }
+    }
+
+    /// The image `otp` runs.
+    fn image_for(&self, otp: &Otp) -> &Image {
+        if otp.fake_carrier { &self.fake_image } else { &self.image }
     }
 
     fn services_of(file: &Value) -> &Map<String, Value> {
@@ -414,6 +453,11 @@ fn query(url: &str, key: &str) -> Option<String> {
 
 /// Runs `otp-pipeline <args> --check` with exactly `env`, container paths mapped to the repository.
 fn check_cli(what: &str, args: &[String], env: &[(String, String)], map: impl Fn(&str) -> PathBuf) {
+    check_cli_of(Path::new(BINARY), what, args, env, map)
+}
+
+/// Like [`check_cli`], for `binary`.
+fn check_cli_of(binary: &Path, what: &str, args: &[String], env: &[(String, String)], map: impl Fn(&str) -> PathBuf) {
     let mapped: Vec<String> = args
         .iter()
         .map(|arg| {
@@ -428,7 +472,7 @@ fn check_cli(what: &str, args: &[String], env: &[(String, String)], map: impl Fn
             }
         })
         .collect();
-    let output = Command::new(BINARY)
+    let output = Command::new(binary)
         .args(&mapped)
         .arg("--check")
         .env_clear()
@@ -438,7 +482,8 @@ fn check_cli(what: &str, args: &[String], env: &[(String, String)], map: impl Fn
         .unwrap();
     assert!(
         output.status.success(),
-        "{what}: `otp-pipeline {}` does not pass --check (ran as `{}`):\n{}{}",
+        "{what}: `{} {}` does not pass --check (ran as `{}`):\n{}{}",
+        binary.file_name().unwrap().to_string_lossy(),
         args.join(" "),
         mapped.join(" "),
         String::from_utf8_lossy(&output.stdout),
@@ -477,10 +522,15 @@ fn every_command_of_our_image_passes_the_cli_and_loads_its_configuration() {
         assert!(roles.contains(role), "no service runs `otp-pipeline {role}` (services: {roles:?})");
     }
     for otp in &stack.otp {
-        assert!(!otp.role().starts_with('-'), "{}: the command starts with its subcommand, then options", otp.name);
+        assert!(
+            otp.fake_carrier || !otp.role().starts_with('-'),
+            "{}: the command starts with its subcommand, then options",
+            otp.name
+        );
         let entrypoint = &stack.service(&otp.name)["entrypoint"];
-        assert!(entrypoint.is_null(), "{}: keeps the image's ENTRYPOINT (otp-pipeline), not {entrypoint}", otp.name);
-        check_cli(&otp.name, &otp.args, &otp.env, |p| otp.repo_path(p, &stack.image));
+        assert!(entrypoint.is_null(), "{}: keeps the image's ENTRYPOINT, not {entrypoint}", otp.name);
+        let image = stack.image_for(otp);
+        check_cli_of(&otp.binary(), &otp.name, &otp.args, &otp.env, |p| otp.repo_path(p, image));
     }
     // The image's default command, with only what the image holds.
     let image = &stack.image;
@@ -516,11 +566,10 @@ fn everything_mounted_or_copied_exists_and_is_in_the_build_context() {
         if let Some(build) = service.get("build") {
             let context = build.as_str().or(build["context"].as_str()).unwrap_or(".");
             let dockerfile = build["dockerfile"].as_str().unwrap_or("Dockerfile");
-            assert_eq!(
-                root().join(context).join(dockerfile).canonicalize().unwrap(),
-                root().join("Dockerfile").canonicalize().unwrap(),
-                "{name}: builds from something else than the repository's Dockerfile"
-            );
+            let built = root().join(context).join(dockerfile).canonicalize().unwrap();
+            let ours = ["Dockerfile", FAKE_CARRIER_DOCKERFILE].map(|d| root().join(d).canonicalize().unwrap());
+            assert!(ours.contains(&built), "{name}: builds from something else than the repository's Dockerfiles");
+            assert_eq!(root().join(context).canonicalize().unwrap(), root().canonicalize().unwrap(), "{name}: context");
         }
     }
     for section in ["configs", "secrets"] {
@@ -614,9 +663,16 @@ fn the_dockerfile_builds_in_one_stage_and_runs_unprivileged_in_another() {
         stages
             .iter()
             .flatten()
-            .any(|(k, a)| k == "RUN" && a.contains("cargo build --release --locked --bin otp-pipeline")),
-        "a stage runs `cargo build --release --locked --bin otp-pipeline`"
+            .any(|(k, a)| k == "RUN" && a.contains("cargo build --release --locked -p otp-pipeline --bin otp-pipeline")),
+        "a stage runs `cargo build --release --locked -p otp-pipeline --bin otp-pipeline` (the product only)"
     );
+    let fake = dockerfile_at(FAKE_CARRIER_DOCKERFILE);
+    let fake_last = fake.last().unwrap();
+    let fake_entry = fake_last.iter().rev().find(|(k, _)| k == "ENTRYPOINT").expect("ENTRYPOINT");
+    assert_eq!(json_array(&fake_entry.1, "ENTRYPOINT"), ["otp-fake-carrier"]);
+    let builds_a_tool =
+        |(k, a): &(String, String)| k != "COPY" && (a.contains("otp-fake-carrier") || a.contains("otp-bench"));
+    assert!(!stages.iter().flatten().any(builds_a_tool), "the product image builds or carries no tool");
     let last = stages.last().unwrap();
     for (keyword, args) in last {
         if keyword == "COPY"
@@ -651,17 +707,19 @@ fn ports_health_checks_and_dependencies_match_the_configuration() {
             otp.name
         );
         assert!(
-            stack.image.exposed.contains(&listen.port()),
-            "{}: the Dockerfile does not EXPOSE {}",
+            stack.image_for(otp).exposed.contains(&listen.port()),
+            "{}: its Dockerfile does not EXPOSE {}",
             otp.name,
             listen.port()
         );
 
         let test = strings(&service["healthcheck"]["test"]);
+        let probe = if otp.fake_carrier { ["otp-fake-carrier", "--probe"] } else { ["otp-pipeline", "probe"] };
         assert!(
-            test.len() >= 4 && test[0] == "CMD" && test[1] == "otp-pipeline" && test[2] == "probe",
-            "{}: health check is `otp-pipeline probe URL` (got {test:?})",
-            otp.name
+            test.len() >= 4 && test[0] == "CMD" && test[1..3] == probe,
+            "{}: health check is `{} URL` (got {test:?})",
+            otp.name,
+            probe.join(" ")
         );
         let url = Url::parse(&test[3]).unwrap();
         assert!(
@@ -669,9 +727,10 @@ fn ports_health_checks_and_dependencies_match_the_configuration() {
             "{}: the health check probes {url}, the service listens on {listen}",
             otp.name
         );
-        if otp.role() != "fake-carrier" {
-            assert_eq!(url.path(), "/readyz", "{}: the health check asks /readyz", otp.name);
+        if otp.fake_carrier {
+            continue; // `--probe` is the fake carrier's own, checked by its test.
         }
+        assert_eq!(url.path(), "/readyz", "{}: the health check asks /readyz", otp.name);
         check_cli(&format!("{} health check", otp.name), &test[2..], &[], |p| PathBuf::from(p));
     }
 
@@ -729,7 +788,8 @@ fn the_fake_carrier_service_runs_the_fake_carrier() {
     let stack = Stack::load();
     let fakes = stack.with_role("fake-carrier");
     assert_eq!(fakes.len(), 1);
-    assert_eq!(strings(&stack.service(&fakes[0].name)["command"])[0], "fake-carrier");
+    assert_eq!(stack.service(&fakes[0].name)["image"], "otp-fake-carrier:local", "its own image, not the product's");
+    assert_eq!(fakes[0].option("--listen").as_deref(), Some("0.0.0.0:9099"));
 }
 
 #[test]

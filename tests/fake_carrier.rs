@@ -1,8 +1,8 @@
 //! The fake carrier on loopback: every API's send, read-back, faults, control
 //! and delivery receipts (caught by wiremock). No broker needed.
 
+use otp_fake_carrier::{FakeCarrier, FakeCarrierConfig, Msg91DlrFormat, Outage, ReceivedSms};
 use otp_pipeline::carriers::twilio::signature;
-use otp_pipeline::fake_carrier::{FakeCarrier, FakeCarrierConfig, Msg91DlrFormat, Outage, ReceivedSms};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use std::collections::HashMap;

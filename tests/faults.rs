@@ -34,7 +34,7 @@ use harness::{
     Load, Pipeline, Publisher, Settings, TWILIO_THEN_VONAGE, VONAGE_THEN_TWILIO, account, check_and_summarise,
     close_connections, connections_of, connections_with, knob, queue_counts, serial, unacked_on, wait_delivered,
 };
-use otp_pipeline::fake_carrier::{FakeCarrierConfig, Outage};
+use otp_fake_carrier::{FakeCarrierConfig, Outage};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};

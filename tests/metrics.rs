@@ -8,9 +8,9 @@
 mod common;
 
 use common::{API_KEY, TestEnv, code_in, eventually, route, twilio, vonage};
+use otp_fake_carrier::{FakeCarrier, FakeCarrierConfig, Outage};
 use otp_pipeline::config::TwilioConfig;
 use otp_pipeline::domain::RawRequest;
-use otp_pipeline::fake_carrier::{FakeCarrier, FakeCarrierConfig, Outage};
 use otp_pipeline::telemetry::{ALL, Kind};
 use std::collections::{BTreeMap, BTreeSet};
 

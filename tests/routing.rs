@@ -5,9 +5,9 @@
 mod common;
 
 use common::{API_KEY, PHONE, TestEnv, code_in, eventually, route, twilio, vonage};
+use otp_fake_carrier::{FakeCarrier, FakeCarrierConfig, Outage};
 use otp_pipeline::config::{CarrierLimits, Config, Msg91Config};
 use otp_pipeline::domain::RawRequest;
-use otp_pipeline::fake_carrier::{FakeCarrier, FakeCarrierConfig, Outage};
 use serde_json::json;
 use std::time::{Duration, Instant};
 use wiremock::matchers::method;
@@ -37,7 +37,7 @@ async fn fake(config: FakeCarrierConfig) -> FakeCarrier {
     FakeCarrier::start("127.0.0.1:0".parse().unwrap(), config).await.unwrap()
 }
 
-fn accepted_by(fake: &FakeCarrier, carrier: &str) -> Vec<otp_pipeline::fake_carrier::ReceivedSms> {
+fn accepted_by(fake: &FakeCarrier, carrier: &str) -> Vec<otp_fake_carrier::ReceivedSms> {
     fake.messages().into_iter().filter(|m| m.carrier == carrier && m.accepted).collect()
 }
 

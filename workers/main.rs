@@ -2,8 +2,6 @@
 //! reads configuration and starts what the library builds.
 
 mod all_in_one;
-mod bench;
-mod fake_carrier;
 mod generator;
 mod publish;
 mod sender;
@@ -42,10 +40,6 @@ enum Command {
     Sender,
     /// Publishes one OTP request to RabbitMQ and prints the generator's reply.
     Publish(publish::Args),
-    /// Load run: an in-process all-in-one pipeline (or a running one, --target), with the raw broker baseline.
-    Bench(bench::Args),
-    /// A fake SMS carrier (Twilio, MSG91, Vonage and webhook APIs) on loopback.
-    FakeCarrier(fake_carrier::Args),
     /// Health check for containers (no curl in the image): GET URL, exit 0 on a 2xx, 1 otherwise.
     Probe {
         /// What to GET, e.g. http://127.0.0.1:8080/readyz.
@@ -84,8 +78,6 @@ async fn main() -> anyhow::Result<()> {
         Command::Generator => generator::run(config, cli.config).await,
         Command::Sender => sender::run(config).await,
         Command::Publish(args) => publish::run(config, args).await,
-        Command::Bench(args) => bench::run(config, args).await,
-        Command::FakeCarrier(args) => fake_carrier::run(args).await,
         Command::Probe { .. } => unreachable!("handled before the configuration is loaded"),
     }
 }

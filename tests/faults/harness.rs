@@ -5,9 +5,9 @@
 
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use lapin::{Confirmation, Connection, ConnectionProperties};
+use otp_fake_carrier::{FakeCarrier, FakeCarrierConfig, ReceivedSms};
 use otp_pipeline::broker::{Topology, json_properties};
 use otp_pipeline::domain::RawRequest;
-use otp_pipeline::fake_carrier::{FakeCarrier, FakeCarrierConfig, ReceivedSms};
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};

@@ -1,14 +1,28 @@
-//! `otp-pipeline bench`: prints a results table (Markdown).
+//! `otp-bench`: the load harness of otp-pipeline. Runs the pipeline (in this
+//! process, or a running one) against the raw broker baseline and prints a
+//! results table (Markdown). A tool beside the product, not part of it.
 
-use otp_pipeline::bench::{self, BenchOptions, Load, RssOptions, Target};
+mod bench;
+mod relay;
+
+use bench::{BenchOptions, Load, RssOptions, Target};
+use clap::Parser;
 use otp_pipeline::config::Config;
-use otp_pipeline::relay::RelayOptions;
+use relay::RelayOptions;
+use std::path::PathBuf;
 use std::time::Duration;
 
-/// Options of `bench`.
-#[derive(clap::Args)]
-#[command(after_long_help = AFTER_HELP)]
+/// mimalloc, as in the product binary: the in-process pipeline measures as it runs in production.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+/// Options of `otp-bench`.
+#[derive(Parser)]
+#[command(version, about = "Load harness for otp-pipeline: the pipeline against the raw broker", after_long_help = AFTER_HELP)]
 pub struct Args {
+    /// otp-pipeline configuration (broker, prefix; in-process mode: everything). `OTP_*` variables override it.
+    #[arg(long, short, env = "OTP_CONFIG")]
+    config: Option<PathBuf>,
     /// OTP requests to publish (ignored with --duration).
     #[arg(long, default_value_t = 5_000)]
     requests: usize,
@@ -88,7 +102,7 @@ Modes:
                         window (limits.send), the SMS-pumping guard (limits.pumping.prefix_digits = 0)
                         and the per-key HTTP rate.
   --target URL          an already running generator and sender(s) on config's broker (e.g. scripts/run
-                        --config config/fake-carriers.toml with `otp-pipeline fake-carrier`, or the
+                        --config config/fake-carriers.toml with `otp-fake-carrier`, or the
                         compose stack). Its own limits apply: start it with
                           OTP_LIMITS__SEND__RESEND_COOLDOWN_SECS=0 OTP_LIMITS__SEND__MAX_PER_WINDOW=0
                           OTP_LIMITS__PUMPING__PREFIX_DIGITS=0 OTP_HTTP__RATE_PER_KEY_PER_SEC=0
@@ -102,13 +116,21 @@ valid US numbers, so runs rarely reuse one. With the relay baseline (default on)
 also printed as a multiple of the raw broker's rate measured in the same run (target ≥ 0.6).
 
 Examples:
-  otp-pipeline bench --requests 20000                          # burst, with the relay baseline
-  otp-pipeline bench --rate 1000 --duration 30 --no-relay      # steady load
-  otp-pipeline bench --rate 1000 --duration 120 --rss-every 5 --no-verify --no-relay
-  otp-pipeline bench --target http://127.0.0.1:8080 --api-key $KEY --fake-carrier http://127.0.0.1:9099";
+  otp-bench --requests 20000                          # burst, with the relay baseline
+  otp-bench --rate 1000 --duration 30 --no-relay      # steady load
+  otp-bench --rate 1000 --duration 120 --rss-every 5 --no-verify --no-relay
+  otp-bench --target http://127.0.0.1:8080 --api-key $KEY --fake-carrier http://127.0.0.1:9099";
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let config = Config::load(args.config.as_deref())?;
+    otp_pipeline::telemetry::init_tracing(config.log.format, &config.log.level);
+    run(config, args).await
+}
 
 /// Runs the benchmark and prints its table.
-pub async fn run(config: Config, args: Args) -> anyhow::Result<()> {
+async fn run(config: Config, args: Args) -> anyhow::Result<()> {
     let load = match args.duration {
         Some(secs) if secs > 0.0 => Load::Duration(Duration::from_secs_f64(secs)),
         Some(_) => anyhow::bail!("--duration must be positive"),

@@ -1,13 +1,19 @@
-//! `otp-pipeline fake-carrier`: Twilio-, MSG91-, Vonage- and webhook-compatible
-//! endpoints on loopback, for demos, tests and load runs.
+//! `otp-fake-carrier`: Twilio-, MSG91-, Vonage- and webhook-compatible
+//! endpoints on loopback, for demos, tests and load runs. A tool beside the
+//! product, not part of it.
 
-use otp_pipeline::app::shutdown_on_signals;
-use otp_pipeline::fake_carrier::{FakeCarrier, FakeCarrierConfig};
+use clap::Parser;
+use otp_fake_carrier::{FakeCarrier, FakeCarrierConfig};
+use otp_pipeline::supervisor::shutdown_on_signals;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-/// Options of `fake-carrier`.
-#[derive(clap::Args)]
+/// Options of `otp-fake-carrier`.
+#[derive(Parser)]
+#[command(
+    version,
+    about = "A fake SMS carrier (Twilio, MSG91, Vonage and webhook APIs) for demos, tests and load runs"
+)]
 pub struct Args {
     /// Address to listen on.
     #[arg(long, default_value = "127.0.0.1:9099")]
@@ -27,10 +33,25 @@ pub struct Args {
     /// Auth token that signs Twilio status callbacks.
     #[arg(long, env = "FAKE_CARRIER_TWILIO_AUTH_TOKEN")]
     twilio_auth_token: Option<String>,
+    /// Check only: parse the options and the behaviour file, then exit without listening.
+    #[arg(long)]
+    check: bool,
+    /// Health check for containers: GET this URL, exit 0 on a 2xx, 1 otherwise (nothing else runs).
+    #[arg(long, value_name = "URL", conflicts_with = "check")]
+    probe: Option<String>,
 }
 
 /// Serves until SIGINT/SIGTERM.
-pub async fn run(args: Args) -> anyhow::Result<()> {
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    if let Some(url) = &args.probe {
+        let result = otp_pipeline::probe::probe(url, std::time::Duration::from_secs(2)).await;
+        let (line, code) = result.map_or_else(|e| (format!("unhealthy: {e}"), 1), |ok| (format!("ok: {ok}"), 0));
+        println!("{line}");
+        std::process::exit(code);
+    }
+    tracing_subscriber::fmt().with_writer(std::io::stderr).with_ansi(false).try_init().ok();
     let mut config = match &args.behaviour {
         Some(path) => serde_json::from_slice(&std::fs::read(path)?)?,
         None => FakeCarrierConfig::default(),
@@ -40,6 +61,9 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     config.throttle_rate = args.throttle_rate.unwrap_or(config.throttle_rate);
     config.twilio_auth_token = args.twilio_auth_token.or(config.twilio_auth_token);
     config.validate().map_err(anyhow::Error::msg)?;
+    if args.check {
+        return Ok(());
+    }
     let carrier = FakeCarrier::start(args.listen, config).await?;
     eprintln!(
         "fake carrier on {} — GET /messages lists what it received, PUT /control changes its behaviour",

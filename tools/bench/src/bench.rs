@@ -25,11 +25,6 @@
 //! broker baseline ([`crate::relay`]) gives the denominator of the pipeline's
 //! throughput, and VmRSS can be sampled (this process, or the pipeline's by pid).
 
-use crate::app::{GeneratorApp, SenderApp};
-use crate::broker::{Topology, json_properties};
-use crate::config::{Config, RouteEntry, TwilioConfig, VonageConfig};
-use crate::domain::{Event, EventKind, RawRequest, SystemClock};
-use crate::fake_carrier::{FakeCarrier, FakeCarrierConfig, ReceivedSms};
 use crate::relay::{RelayOptions, RelayReport};
 use futures_lite::StreamExt;
 use hdrhistogram::Histogram;
@@ -39,6 +34,11 @@ use lapin::options::{
 };
 use lapin::types::{AMQPValue, FieldTable, ShortString};
 use lapin::{Connection, ConnectionProperties, ExchangeKind};
+use otp_fake_carrier::{FakeCarrier, FakeCarrierConfig, ReceivedSms};
+use otp_pipeline::app::{GeneratorApp, SenderApp};
+use otp_pipeline::broker::{Topology, json_properties};
+use otp_pipeline::config::{Config, RouteEntry, TwilioConfig, VonageConfig};
+use otp_pipeline::domain::{Event, EventKind, RawRequest, SystemClock};
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -55,7 +55,7 @@ pub const RELAXED_LIMITS: &str = "OTP_LIMITS__SEND__RESEND_COOLDOWN_SECS=0 OTP_L
 pub enum BenchError {
     /// The pipeline did not start.
     #[error(transparent)]
-    App(#[from] crate::app::AppError),
+    App(#[from] otp_pipeline::app::AppError),
     /// RabbitMQ failed.
     #[error("AMQP: {0}")]
     Amqp(#[from] lapin::Error),
@@ -630,13 +630,6 @@ impl RssSeries {
     /// The first sample at or after the warm-up (the last one if the run was shorter).
     pub fn baseline(&self) -> Option<(f64, u64)> {
         self.samples.iter().find(|(t, _)| *t >= self.warmup).or(self.samples.last()).copied()
-    }
-
-    /// Last vs baseline, percent.
-    pub fn drift_pct(&self) -> Option<f64> {
-        let (_, base) = self.baseline()?;
-        let (_, last) = *self.samples.last()?;
-        Some(100.0 * (last as f64 - base as f64) / base.max(1) as f64)
     }
 }
 
@@ -1360,7 +1353,7 @@ async fn cleanup(url: &str, t: &Topology) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain::Phone;
+    use otp_pipeline::domain::Phone;
 
     #[test]
     fn numbers_are_valid_and_invert() {

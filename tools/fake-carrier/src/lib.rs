@@ -24,7 +24,6 @@
 //! Only the phone number (masked) and the outcome are logged, never the text
 //! or the code.
 
-use crate::domain::phone::mask;
 use axum::Json;
 use axum::Router;
 use axum::body::Bytes;
@@ -33,6 +32,7 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use base64::Engine;
+use otp_pipeline::domain::phone::mask;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
@@ -396,7 +396,7 @@ impl FakeCarrier {
         let state = FakeCarrierState::new(config)?;
         let listener = tokio::net::TcpListener::bind(listen).await?;
         let addr = listener.local_addr()?;
-        let server = tokio::spawn(crate::http::serve(listener, router(state.clone()), state.inner.stop.clone()));
+        let server = tokio::spawn(otp_pipeline::http::serve(listener, router(state.clone()), state.inner.stop.clone()));
         tracing::info!(%addr, "fake carrier listening");
         Ok(Self { state, addr, server: Some(server) })
     }
@@ -693,8 +693,8 @@ fn twilio_callbacks(
             params.push(("SmsStatus".to_owned(), status.to_owned()));
             let mut request = http.post(&callback).form(&params);
             if let Some(token) = &token {
-                request =
-                    request.header("X-Twilio-Signature", crate::carriers::twilio::signature(token, &callback, &params));
+                request = request
+                    .header("X-Twilio-Signature", otp_pipeline::carriers::twilio::signature(token, &callback, &params));
             }
             deliver(TWILIO, request).await;
         }
