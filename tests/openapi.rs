@@ -54,6 +54,11 @@ impl Conformance {
         let op = method.as_str().to_lowercase();
         self.seen.insert((op.clone(), template.to_owned()));
         let declared = &self.doc["paths"][template][&op]["responses"][status.to_string()];
+        // A shared response (`#/components/responses/…`) stands for its definition.
+        let declared = match declared["$ref"].as_str().and_then(|r| r.strip_prefix('#')) {
+            Some(pointer) => self.doc.pointer(pointer).unwrap_or_else(|| panic!("{template}: dangling $ref {pointer}")),
+            None => declared,
+        };
         assert!(declared.is_object(), "{method} {path} answered {status}, which the document does not declare: {text}");
         let (media, spec) = declared["content"].as_object().and_then(|c| c.iter().next()).unwrap_or_else(|| {
             panic!("{method} {path} {status}: the document declares no content");

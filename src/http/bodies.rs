@@ -26,6 +26,31 @@ impl ErrorBody {
     }
 }
 
+/// The refusals every `/v1` route shares, for the OpenAPI document: a
+/// missing or wrong key, a key over its rate, the store unavailable.
+pub mod refusals {
+    use super::ErrorBody;
+    use utoipa::ToResponse;
+
+    /// 401.
+    #[derive(ToResponse)]
+    #[response(description = "Missing or wrong API key.")]
+    pub struct Unauthorized(#[allow(dead_code)] ErrorBody);
+
+    /// 429 for the per-key rate.
+    #[derive(ToResponse)]
+    #[response(
+        description = "The API key is over its rate.",
+        headers(("Retry-After" = u64, description = "Seconds to wait"))
+    )]
+    pub struct KeyRateLimited(#[allow(dead_code)] ErrorBody);
+
+    /// 503.
+    #[derive(ToResponse)]
+    #[response(description = "The store is unavailable; retry.")]
+    pub struct Unavailable(#[allow(dead_code)] ErrorBody);
+}
+
 /// `POST /v1/otp` accepted the request: the broker has it.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct Accepted {

@@ -27,7 +27,10 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
         ops::healthz,
         ops::readyz
     ),
-    components(schemas(bodies::NotFoundStatus, bodies::HealthStatus, bodies::ReadyStatus, bodies::VerifyStatus)),
+    components(
+        schemas(bodies::NotFoundStatus, bodies::HealthStatus, bodies::ReadyStatus, bodies::VerifyStatus),
+        responses(bodies::refusals::Unauthorized, bodies::refusals::KeyRateLimited, bodies::refusals::Unavailable)
+    ),
     modifiers(&BearerKeys),
     tags(
         (name = "otp", description = "Request, inspect and cancel codes"),

@@ -6,6 +6,7 @@ use crate::domain::phone::mask;
 use crate::generator::GeneratorError;
 use crate::http::ApiState;
 use crate::http::Caller;
+use crate::http::bodies::refusals::{KeyRateLimited, Unauthorized, Unavailable};
 use crate::http::bodies::{Accepted, ErrorBody, NotFound, RequestView, StatusOnly};
 use crate::http::json::{ApiError, RequestJson, too_many_requests};
 use crate::store::CancelOutcome;
@@ -28,7 +29,7 @@ use time::format_description::well_known::Rfc3339;
             body = Accepted),
         (status = 400, description = "Invalid request (`reason`: `invalid_request`, `invalid_phone`, \
             `country_blocked`, `suspected_pumping`) or malformed JSON.", body = ErrorBody),
-        (status = 401, description = "Missing or wrong API key.", body = ErrorBody),
+        (status = 401, response = Unauthorized),
         (status = 413, description = "Body over `http.max_body_bytes`.", body = ErrorBody),
         (status = 415, description = "Content-Type is not application/json.", body = ErrorBody),
         (status = 429, description = "Send limit for this number (`rate_limited`, `retry_after_secs`) or \
@@ -87,14 +88,13 @@ pub async fn create(
     security(("api_key" = [])),
     responses(
         (status = 200, description = "Canceled: the code can no longer be verified.", body = StatusOnly),
-        (status = 401, description = "Missing or wrong API key.", body = ErrorBody),
+        (status = 401, response = Unauthorized),
         (status = 404, description = "No such request (or another application's, for a scoped key).",
             body = NotFound),
         (status = 409, description = "Already final (verified, expired or canceled); `status` says which.",
             body = StatusOnly),
-        (status = 429, description = "The API key is over its rate.", body = ErrorBody,
-            headers(("Retry-After" = u64, description = "Seconds to wait"))),
-        (status = 503, description = "The store is unavailable; retry.", body = ErrorBody),
+        (status = 429, response = KeyRateLimited),
+        (status = 503, response = Unavailable),
     )
 )]
 pub async fn cancel(
@@ -163,12 +163,11 @@ fn rfc3339(t: time::OffsetDateTime) -> String {
     security(("api_key" = [])),
     responses(
         (status = 200, description = "The request's state; the phone is masked.", body = RequestView),
-        (status = 401, description = "Missing or wrong API key.", body = ErrorBody),
+        (status = 401, response = Unauthorized),
         (status = 404, description = "No such request (or it was swept after `store.retention_secs`, or it \
             is another application's and the key is scoped).", body = NotFound),
-        (status = 429, description = "The API key is over its rate.", body = ErrorBody,
-            headers(("Retry-After" = u64, description = "Seconds to wait"))),
-        (status = 503, description = "The store is unavailable; retry.", body = ErrorBody),
+        (status = 429, response = KeyRateLimited),
+        (status = 503, response = Unavailable),
     )
 )]
 pub async fn status(

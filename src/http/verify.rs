@@ -3,6 +3,7 @@
 use crate::domain::{Code, Phone, VerifyOutcome};
 use crate::http::ApiState;
 use crate::http::Caller;
+use crate::http::bodies::refusals::{Unauthorized, Unavailable};
 use crate::http::bodies::{ErrorBody, VerifyResult, VerifyStatus, VerifyTooMany};
 use crate::http::json::{ApiError, ApiJson, too_many_requests};
 use crate::telemetry::names;
@@ -36,7 +37,7 @@ pub struct VerifyBody {
     responses(
         (status = 200, description = "Approved: the code was right and is now used up.", body = VerifyResult),
         (status = 400, description = "Malformed body, phone or code.", body = ErrorBody),
-        (status = 401, description = "Missing or wrong API key.", body = ErrorBody),
+        (status = 401, response = Unauthorized),
         (status = 404, description = "No pending code for this number (for a scoped key: none of its \
             application's).", body = VerifyResult),
         (status = 410, description = "The code expired.", body = VerifyResult),
@@ -46,7 +47,7 @@ pub struct VerifyBody {
         (status = 429, description = "Too many wrong codes (`max_attempts_reached`), the number is locked \
             (`locked`, with `Retry-After`), or the API key is over its rate.", body = VerifyTooMany,
             headers(("Retry-After" = u64, description = "Seconds to wait, with `locked` and key limits"))),
-        (status = 503, description = "The store is unavailable; retry.", body = ErrorBody),
+        (status = 503, response = Unavailable),
     )
 )]
 pub async fn verify(
