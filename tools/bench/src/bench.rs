@@ -863,19 +863,7 @@ impl std::fmt::Display for BenchReport {
         let offered = o.rate.map_or("as fast as confirms allow".to_owned(), |r| format!("{r}/s"));
         writeln!(f, "| measure | value |\n|---|---|")?;
         writeln!(f, "| pipeline | {} |", self.mode)?;
-        if let Some(r) = &self.relay {
-            let [p50, p90, p99, max] = r.latency_ms();
-            let offered = r.options.rate.map_or("as fast as confirms allow".to_owned(), |r| format!("{r}/s"));
-            writeln!(
-                f,
-                "| relay baseline ({} × {} B persistent, 2 confirmed hops, prefetch {}, {offered}) | {} msg/s; \
-                 publish → consumed p50 / p90 / p99 / max {p50:.2} / {p90:.2} / {p99:.2} / {max:.2} ms |",
-                thousands(r.received as u64),
-                r.options.message_bytes,
-                r.options.prefetch,
-                thousands(r.messages_per_sec.round() as u64),
-            )?;
-        }
+        self.fmt_relay(f)?;
         let lag = if o.rate.is_some() {
             format!(", publisher at most {:.1} ms behind schedule", self.publisher_max_lag.as_secs_f64() * 1000.0)
         } else {
@@ -932,6 +920,36 @@ impl std::fmt::Display for BenchReport {
             "| publish → carrier accepted p50 / p90 / p99 / p99.9 / max | {} |",
             fmt_percentiles(&self.delivery_us)
         )?;
+        self.fmt_verify(f)?;
+        self.fmt_cpu(f)?;
+        for s in &self.rss {
+            writeln!(f, "{s}")?;
+        }
+        Ok(())
+    }
+}
+
+impl BenchReport {
+    /// The relay baseline's row, if it ran.
+    fn fmt_relay(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if let Some(r) = &self.relay {
+            let [p50, p90, p99, max] = r.latency_ms();
+            let offered = r.options.rate.map_or("as fast as confirms allow".to_owned(), |r| format!("{r}/s"));
+            writeln!(
+                f,
+                "| relay baseline ({} × {} B persistent, 2 confirmed hops, prefetch {}, {offered}) | {} msg/s; \
+                 publish → consumed p50 / p90 / p99 / max {p50:.2} / {p90:.2} / {p99:.2} / {max:.2} ms |",
+                thousands(r.received as u64),
+                r.options.message_bytes,
+                r.options.prefetch,
+                thousands(r.messages_per_sec.round() as u64),
+            )?;
+        }
+        Ok(())
+    }
+
+    /// The verify phase's rows, if it ran.
+    fn fmt_verify(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         if let Some(v) = &self.verify {
             let statuses: Vec<String> =
                 v.statuses.iter().map(|(s, n)| format!("{} × {}", thousands(*n as u64), s)).collect();
@@ -945,15 +963,9 @@ impl std::fmt::Display for BenchReport {
             )?;
             writeln!(f, "| verify round trip p50 / p90 / p99 / p99.9 / max | {} |", fmt_percentiles(&v.latency_us))?;
         }
-        self.fmt_cpu(f)?;
-        for s in &self.rss {
-            writeln!(f, "{s}")?;
-        }
         Ok(())
     }
-}
 
-impl BenchReport {
     /// The CPU rows: per OTP over the load phase, per verification over the verify phase.
     fn fmt_cpu(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let delivered = self.delivered();
@@ -1054,11 +1066,17 @@ impl Carrier {
     }
 }
 
-async fn run_in_process(base: &Config, options: BenchOptions) -> Result<BenchReport, BenchError> {
-    let quiet = FakeCarrierConfig { receipts: false, ..Default::default() };
-    let primary = Carrier::start(FakeCarrierConfig { error_rate: options.primary_error_rate, ..quiet.clone() }).await?;
-    let failover = Carrier::start(quiet).await?;
+/// The in-process pipeline's configuration: `base` with a private prefix,
+/// a temporary sled, one API key, the limits a load run would trip switched
+/// off, and the two fake carriers (Twilio API first, Vonage as failover).
+struct InProcess {
+    config: Config,
+    dir: std::path::PathBuf,
+    prefix: String,
+    api_key: String,
+}
 
+fn in_process_config(base: &Config, primary: &Carrier, failover: &Carrier) -> InProcess {
     let dir = std::env::temp_dir().join(format!("otp-bench-{}", uuid::Uuid::new_v4().simple()));
     let prefix = format!("bench-{}.", &uuid::Uuid::new_v4().simple().to_string()[..8]);
     let api_key = format!("bench-{}", uuid::Uuid::new_v4().simple());
@@ -1098,12 +1116,55 @@ async fn run_in_process(base: &Config, options: BenchOptions) -> Result<BenchRep
         RouteEntry::Weighted { carrier: "twilio".into(), weight: 1 },
         RouteEntry::Weighted { carrier: "vonage".into(), weight: 0 },
     ];
+    InProcess { config, dir, prefix, api_key }
+}
 
-    let rss_stop = CancellationToken::new();
-    let rss = options.rss.clone().map(|r| sample_rss(RssOptions { pids: Vec::new(), ..r }, rss_stop.clone()));
+/// Empties the fake carriers into `codes` every second until `stop`: with
+/// RSS sampling, what grows must be the pipeline, not the carriers' record
+/// of every SMS. (A send arriving between the copy and the clear is lost to
+/// the verify phase: the codes found are counted.)
+fn spawn_drainer(
+    codes: Arc<Mutex<CodeBook>>,
+    refused: Arc<AtomicUsize>,
+    carriers: Arc<(Carrier, Carrier)>,
+    published: Arc<AtomicUsize>,
+    numbers: Numbers,
+    stop: CancellationToken,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut ticks = tokio::time::interval(Duration::from_secs(1));
+        while tokio::select! { () = stop.cancelled() => false, _ = ticks.tick() => true } {
+            let mut book = codes.lock().expect("codes lock");
+            let n = published.load(Ordering::SeqCst);
+            refused.fetch_add(carriers.0.drain(&mut book, &numbers, n), Ordering::SeqCst);
+            carriers.1.drain(&mut book, &numbers, n);
+        }
+    })
+}
 
-    let generator = GeneratorApp::build(&config, Arc::new(SystemClock)).await?;
-    let sender = SenderApp::build(&config, Arc::new(SystemClock), false).await?;
+/// The in-process pipeline, running: its API's base URL, how to stop it,
+/// and its task.
+struct Running {
+    api: String,
+    stop: CancellationToken,
+    apps: tokio::task::JoinHandle<(Result<(), otp_pipeline::app::AppError>, Result<(), otp_pipeline::app::AppError>)>,
+}
+
+impl Running {
+    /// Stops the pipeline and removes what the run left: its queues and its sled.
+    async fn stop(self, url: &str, topology: &Topology, dir: &std::path::Path) {
+        self.stop.cancel();
+        let _ = self.apps.await;
+        cleanup(url, topology).await;
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}
+
+/// Builds and starts the all-in-one pipeline; fails (cleaning `dir`) if it
+/// does not connect to RabbitMQ within 10 s.
+async fn start_pipeline(config: &Config, dir: &std::path::Path) -> Result<Running, BenchError> {
+    let generator = GeneratorApp::build(config, Arc::new(SystemClock)).await?;
+    let sender = SenderApp::build(config, Arc::new(SystemClock), false).await?;
     let api = format!("http://{}", generator.local_addr());
     let (g_broker, s_broker) = (generator.broker(), sender.broker());
     let stop = CancellationToken::new();
@@ -1116,9 +1177,35 @@ async fn run_in_process(base: &Config, options: BenchOptions) -> Result<BenchRep
     {
         stop.cancel();
         let _ = apps.await;
-        let _ = std::fs::remove_dir_all(&dir);
+        let _ = std::fs::remove_dir_all(dir);
         return Err(BenchError::Incomplete("the pipeline did not connect to RabbitMQ within 10 s".into()));
     }
+    Ok(Running { api, stop, apps })
+}
+
+/// Verifies every code found (unless `concurrency` is 0), with the CPU it cost.
+async fn verify_phase(
+    api: &str,
+    api_key: &str,
+    work: Vec<(String, String)>,
+    concurrency: usize,
+) -> Result<(Option<VerifyReport>, Vec<CpuUse>), BenchError> {
+    let cpu = CpuMeter::start(&[], IN_PROCESS_CPU);
+    let verify = if concurrency > 0 { Some(verify_all(api, api_key, work, concurrency).await?) } else { None };
+    Ok((verify, cpu.stop()))
+}
+
+async fn run_in_process(base: &Config, options: BenchOptions) -> Result<BenchReport, BenchError> {
+    let quiet = FakeCarrierConfig { receipts: false, ..Default::default() };
+    let primary = Carrier::start(FakeCarrierConfig { error_rate: options.primary_error_rate, ..quiet.clone() }).await?;
+    let failover = Carrier::start(quiet).await?;
+
+    let InProcess { config, dir, prefix, api_key } = in_process_config(base, &primary, &failover);
+
+    let rss_stop = CancellationToken::new();
+    let rss = options.rss.clone().map(|r| sample_rss(RssOptions { pids: Vec::new(), ..r }, rss_stop.clone()));
+
+    let running = start_pipeline(&config, &dir).await?;
 
     let topology = Topology::new(&prefix, None);
     let run = RunId::new();
@@ -1130,26 +1217,19 @@ async fn run_in_process(base: &Config, options: BenchOptions) -> Result<BenchRep
     .await?;
     let (finals, events_stop, events) = follow_run(&connection, &topology.exchange, &run, options.series).await?;
 
-    // With RSS sampling, the fake carriers are emptied as the run goes, so
-    // that what grows is the pipeline, not the carriers' record of every SMS.
-    // (A send arriving between the copy and the clear is lost to the verify
-    // phase: the codes found are counted.)
     let codes = Arc::new(Mutex::new(CodeBook::default()));
     let refused = Arc::new(AtomicUsize::new(0));
     let published_so_far = Arc::new(AtomicUsize::new(0));
     let carriers = Arc::new((primary, failover));
     let drainer = options.rss.is_some().then(|| {
-        let (codes, refused, carriers, published, stop) =
-            (codes.clone(), refused.clone(), carriers.clone(), published_so_far.clone(), rss_stop.clone());
-        tokio::spawn(async move {
-            let mut ticks = tokio::time::interval(Duration::from_secs(1));
-            while tokio::select! { () = stop.cancelled() => false, _ = ticks.tick() => true } {
-                let mut book = codes.lock().expect("codes lock");
-                let n = published.load(Ordering::SeqCst);
-                refused.fetch_add(carriers.0.drain(&mut book, &numbers, n), Ordering::SeqCst);
-                carriers.1.drain(&mut book, &numbers, n);
-            }
-        })
+        spawn_drainer(
+            codes.clone(),
+            refused.clone(),
+            carriers.clone(),
+            published_so_far.clone(),
+            numbers,
+            rss_stop.clone(),
+        )
     });
 
     let cpu = CpuMeter::start(&[], IN_PROCESS_CPU);
@@ -1157,10 +1237,7 @@ async fn run_in_process(base: &Config, options: BenchOptions) -> Result<BenchRep
     let published = match outcome {
         Ok(p) => p,
         Err(e) => {
-            stop.cancel();
-            let _ = apps.await;
-            cleanup(&config.broker.url, &topology).await;
-            let _ = std::fs::remove_dir_all(&dir);
+            running.stop(&config.broker.url, &topology, &dir).await;
             return Err(e);
         }
     };
@@ -1181,22 +1258,14 @@ async fn run_in_process(base: &Config, options: BenchOptions) -> Result<BenchRep
     let mut book = std::mem::take(&mut *codes.lock().expect("codes lock"));
     let primary_errors = refused.load(Ordering::SeqCst) + carriers.0.drain(&mut book, &numbers, published.count);
     carriers.1.drain(&mut book, &numbers, published.count);
-    let cpu = CpuMeter::start(&[], IN_PROCESS_CPU);
-    let verify = if options.verify_concurrency > 0 {
-        Some(verify_all(&api, &api_key, book.work(&numbers), options.verify_concurrency).await?)
-    } else {
-        None
-    };
-    let cpu_verify = cpu.stop();
+    let work = book.work(&numbers);
+    let (verify, cpu_verify) = verify_phase(&running.api, &api_key, work, options.verify_concurrency).await?;
 
-    stop.cancel();
-    let _ = apps.await;
+    running.stop(&config.broker.url, &topology, &dir).await;
     if let Ok((primary, failover)) = Arc::try_unwrap(carriers) {
         primary.fake.shutdown().await;
         failover.fake.shutdown().await;
     }
-    cleanup(&config.broker.url, &topology).await;
-    let _ = std::fs::remove_dir_all(&dir);
     let mode = format!(
         "in-process all-in-one (prefix {prefix}, temp sled; fake carriers: twilio, vonage as failover; \
          send limits and pumping guard off)"

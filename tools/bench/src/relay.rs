@@ -172,7 +172,30 @@ async fn relay_run(
     started: Instant,
 ) -> Result<(usize, Instant, Histogram<u64>), RelayError> {
     let prefetch = options.prefetch.max(1);
-    // The relay: consume A, publish each message to B, ack A once B confirmed.
+    let relaying = spawn_relay(relay, queue_a, queue_b, prefetch).await?;
+    let sinking = spawn_sink(sink, queue_b, prefetch, options.messages, started).await?;
+    // The producer: paced or not, confirms pipelined within a window.
+    let channel = producer.create_channel().await?;
+    channel.confirm_select(ConfirmSelectOptions::default()).await?;
+    let published = publish(&channel, queue_a, options, started).await;
+    let sunk = match published {
+        Ok(()) => sinking.await.unwrap_or(Err(RelayError::Nacked)),
+        Err(e) => {
+            sinking.abort();
+            Err(e)
+        }
+    };
+    relaying.abort();
+    sunk
+}
+
+/// The relay: consumes A, publishes each message to B, acks A once B confirmed.
+async fn spawn_relay(
+    relay: &Connection,
+    queue_a: &str,
+    queue_b: &str,
+    prefetch: u16,
+) -> Result<tokio::task::JoinHandle<()>, RelayError> {
     let relay_in = relay.create_channel().await?;
     relay_in.basic_qos(prefetch, BasicQosOptions::default()).await?;
     let relay_out = relay.create_channel().await?;
@@ -181,7 +204,7 @@ async fn relay_run(
         .basic_consume(queue_a.into(), "relay".into(), BasicConsumeOptions::default(), FieldTable::default())
         .await?;
     let queue_b_name = queue_b.to_owned();
-    let relaying = tokio::spawn(async move {
+    Ok(tokio::spawn(async move {
         let mut tasks = tokio::task::JoinSet::new();
         while let Some(delivery) = from_a.next().await {
             let Ok(delivery) = delivery else { break };
@@ -207,16 +230,24 @@ async fn relay_run(
                 }
             }
         }
-    });
+    }))
+}
 
-    // The sink: consume B with manual acks, timestamping each message.
+/// The sink: consumes B with manual acks, timestamping each message, until
+/// `expected` came (or it stalls).
+async fn spawn_sink(
+    sink: &Connection,
+    queue_b: &str,
+    prefetch: u16,
+    expected: usize,
+    started: Instant,
+) -> Result<tokio::task::JoinHandle<Result<(usize, Instant, Histogram<u64>), RelayError>>, RelayError> {
     let sink_in = sink.create_channel().await?;
     sink_in.basic_qos(prefetch, BasicQosOptions::default()).await?;
     let mut from_b = sink_in
         .basic_consume(queue_b.into(), "sink".into(), BasicConsumeOptions::default(), FieldTable::default())
         .await?;
-    let expected = options.messages;
-    let sinking = tokio::spawn(async move {
+    Ok(tokio::spawn(async move {
         let mut latency = histogram();
         let mut received = 0usize;
         let mut last = started;
@@ -235,21 +266,7 @@ async fn relay_run(
             next.ack(BasicAckOptions::default()).await?;
         }
         Ok((received, last, latency))
-    });
-
-    // The producer: paced or not, confirms pipelined within a window.
-    let channel = producer.create_channel().await?;
-    channel.confirm_select(ConfirmSelectOptions::default()).await?;
-    let published = publish(&channel, queue_a, options, started).await;
-    let sunk = match published {
-        Ok(()) => sinking.await.unwrap_or(Err(RelayError::Nacked)),
-        Err(e) => {
-            sinking.abort();
-            Err(e)
-        }
-    };
-    relaying.abort();
-    sunk
+    }))
 }
 
 async fn publish(channel: &Channel, queue: &str, options: &RelayOptions, started: Instant) -> Result<(), RelayError> {

@@ -615,14 +615,7 @@ async fn twilio_send(
     };
     if let Some(fault) = fault {
         state.record(sms, Some(fault));
-        return match fault {
-            Fault::Outage => twilio_error(StatusCode::SERVICE_UNAVAILABLE, 20503, "Service Unavailable"),
-            Fault::Error => twilio_error(StatusCode::INTERNAL_SERVER_ERROR, 20500, "Internal Server Error"),
-            Fault::Throttle => {
-                (retry_after(&config), twilio_error(StatusCode::TOO_MANY_REQUESTS, 20429, "Too Many Requests"))
-                    .into_response()
-            }
-        };
+        return twilio_fault(fault, &config);
     }
     let sid = format!("SM{}", hex_id(32));
     sms.message_id = sid.clone();
@@ -647,32 +640,61 @@ async fn twilio_send(
         twilio_callbacks(&state, &config, callback.to_owned(), base);
     }
 
-    let date = now_utc().format(&time::format_description::well_known::Rfc2822).unwrap_or_default();
-    let body = json!({
-        "account_sid": account_sid,
-        "api_version": TWILIO_API_VERSION,
-        "body": text,
-        "date_created": date,
-        "date_sent": null,
-        "date_updated": date,
-        "direction": "outbound-api",
-        "error_code": null,
-        "error_message": null,
-        "from": from,
-        "messaging_service_sid": service,
-        "num_media": "0",
-        "num_segments": "1",
-        "price": null,
-        "price_unit": "USD",
-        "sid": sid,
-        "status": "queued",
-        "subresource_uris": {
-            "media": format!("/{TWILIO_API_VERSION}/Accounts/{account_sid}/Messages/{sid}/Media.json"),
-        },
-        "to": to,
-        "uri": format!("/{TWILIO_API_VERSION}/Accounts/{account_sid}/Messages/{sid}.json"),
-    });
-    (StatusCode::CREATED, Json(body)).into_response()
+    let message = TwilioMessage { account_sid: &account_sid, sid: &sid, text, from, service, to: &to };
+    (StatusCode::CREATED, Json(message.json())).into_response()
+}
+
+/// Twilio's answer to a faulty send: 503, 500 or 429 with `Retry-After`.
+fn twilio_fault(fault: Fault, config: &FakeCarrierConfig) -> Response {
+    match fault {
+        Fault::Outage => twilio_error(StatusCode::SERVICE_UNAVAILABLE, 20503, "Service Unavailable"),
+        Fault::Error => twilio_error(StatusCode::INTERNAL_SERVER_ERROR, 20500, "Internal Server Error"),
+        Fault::Throttle => {
+            (retry_after(config), twilio_error(StatusCode::TOO_MANY_REQUESTS, 20429, "Too Many Requests"))
+                .into_response()
+        }
+    }
+}
+
+/// A message resource as Twilio answers a send with it (`queued`).
+struct TwilioMessage<'a> {
+    account_sid: &'a str,
+    sid: &'a str,
+    text: &'a str,
+    from: Option<String>,
+    service: Option<String>,
+    to: &'a str,
+}
+
+impl TwilioMessage<'_> {
+    fn json(&self) -> Value {
+        let (account_sid, sid) = (self.account_sid, self.sid);
+        let date = now_utc().format(&time::format_description::well_known::Rfc2822).unwrap_or_default();
+        json!({
+            "account_sid": account_sid,
+            "api_version": TWILIO_API_VERSION,
+            "body": self.text,
+            "date_created": date,
+            "date_sent": null,
+            "date_updated": date,
+            "direction": "outbound-api",
+            "error_code": null,
+            "error_message": null,
+            "from": self.from,
+            "messaging_service_sid": self.service,
+            "num_media": "0",
+            "num_segments": "1",
+            "price": null,
+            "price_unit": "USD",
+            "sid": sid,
+            "status": "queued",
+            "subresource_uris": {
+                "media": format!("/{TWILIO_API_VERSION}/Accounts/{account_sid}/Messages/{sid}/Media.json"),
+            },
+            "to": self.to,
+            "uri": format!("/{TWILIO_API_VERSION}/Accounts/{account_sid}/Messages/{sid}.json"),
+        })
+    }
 }
 
 /// Twilio's status callbacks (a form): `sent`, then `delivered`, each after
@@ -926,31 +948,8 @@ async fn vonage_send(State(state): State<FakeCarrierState>, headers: HeaderMap, 
     if config.receipts
         && let Some(callback) = param(&params, "callback").map(str::to_owned)
     {
-        let now = now_utc();
-        let scts = now
-            .format(time::macros::format_description!("[year repr:last_two][month][day][hour][minute]"))
-            .unwrap_or_default();
-        let mut receipt = vec![
-            ("msisdn", msisdn.clone()),
-            ("to", from),
-            ("network-code", "23410".to_owned()),
-            ("messageId", message_id.clone()),
-            ("price", "0.01000000".to_owned()),
-            ("status", "delivered".to_owned()),
-            ("scts", scts),
-            ("err-code", "0".to_owned()),
-            ("api-key", api_key),
-            ("message-timestamp", plain_datetime(now)),
-        ];
-        if let Some(client_ref) = &client_ref {
-            receipt.push(("client-ref", client_ref.clone()));
-        }
-        let http = state.inner.http.clone();
-        let delay = Duration::from_millis(config.receipt_delay_ms);
-        state.spawn_receipt(async move {
-            tokio::time::sleep(delay).await;
-            deliver(VONAGE, http.post(&callback).form(&receipt)).await;
-        });
+        let receipt = VonageReceipt { msisdn: msisdn.clone(), from, message_id: message_id.clone(), api_key };
+        vonage_dlr(&state, &config, callback, receipt, client_ref.clone());
     }
 
     let mut message = json!({
@@ -965,6 +964,49 @@ async fn vonage_send(State(state): State<FakeCarrierState>, headers: HeaderMap, 
         message["client-ref"] = Value::String(client_ref);
     }
     Json(json!({"message-count": "1", "messages": [message]})).into_response()
+}
+
+/// What a Vonage delivery receipt names.
+struct VonageReceipt {
+    msisdn: String,
+    from: String,
+    message_id: String,
+    api_key: String,
+}
+
+/// Posts Vonage's DLR (a form) to `callback` after the receipt delay.
+fn vonage_dlr(
+    state: &FakeCarrierState,
+    config: &FakeCarrierConfig,
+    callback: String,
+    r: VonageReceipt,
+    client_ref: Option<String>,
+) {
+    let now = now_utc();
+    let scts = now
+        .format(time::macros::format_description!("[year repr:last_two][month][day][hour][minute]"))
+        .unwrap_or_default();
+    let mut receipt = vec![
+        ("msisdn", r.msisdn),
+        ("to", r.from),
+        ("network-code", "23410".to_owned()),
+        ("messageId", r.message_id),
+        ("price", "0.01000000".to_owned()),
+        ("status", "delivered".to_owned()),
+        ("scts", scts),
+        ("err-code", "0".to_owned()),
+        ("api-key", r.api_key),
+        ("message-timestamp", plain_datetime(now)),
+    ];
+    if let Some(client_ref) = client_ref {
+        receipt.push(("client-ref", client_ref));
+    }
+    let http = state.inner.http.clone();
+    let delay = Duration::from_millis(config.receipt_delay_ms);
+    state.spawn_receipt(async move {
+        tokio::time::sleep(delay).await;
+        deliver(VONAGE, http.post(&callback).form(&receipt)).await;
+    });
 }
 
 // ---------------------------------------------------------------------------
