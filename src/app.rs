@@ -342,7 +342,7 @@ impl SenderApp {
         let broker = Broker::new(&config.broker, "otp-sender", seal);
         let sender = Arc::new(Sender::from_config(config, broker.clone(), clock.clone())?);
         let receipts = http::ReceiptState {
-            carriers: Arc::new(config.carriers.clone()),
+            carriers: Arc::new(crate::carriers::receivers(config).map_err(SenderError::from)?),
             broker: broker.clone(),
             clock,
             replays: Default::default(),

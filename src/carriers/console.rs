@@ -1,7 +1,7 @@
 //! The development carrier: prints each SMS to standard output.
 
 use crate::broker::BoxFuture;
-use crate::carriers::{Accepted, Carrier, CarrierError, Sms};
+use crate::carriers::{Accepted, Carrier, CarrierError, CarrierKind, Sms};
 use std::io::Write;
 
 /// Prints SMS to stdout (not to the log). For development only: the code is
@@ -10,8 +10,8 @@ use std::io::Write;
 pub struct Console;
 
 impl Carrier for Console {
-    fn name(&self) -> &'static str {
-        "console"
+    fn kind(&self) -> CarrierKind {
+        CarrierKind::Console
     }
 
     fn send<'a>(&'a self, sms: &'a Sms) -> BoxFuture<'a, Result<Accepted, CarrierError>> {

@@ -1,5 +1,6 @@
-//! SMS carriers behind one trait. A carrier knows an SMS and an HTTP client,
-//! nothing of the store or the broker.
+//! SMS carriers behind one trait: a carrier owns sending through its API
+//! *and* its delivery receipts (authenticating and parsing a callback). A
+//! carrier knows an SMS and an HTTP client, nothing of the store or the broker.
 
 mod console;
 pub mod msg91;
@@ -16,6 +17,7 @@ pub use webhook::Webhook;
 
 use crate::broker::BoxFuture;
 use crate::config::Config;
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -99,12 +101,89 @@ impl CarrierError {
     }
 }
 
-/// A way to send an SMS.
+/// Every carrier this build knows, as routes, metrics, events and receipt
+/// URLs (`/receipts/{carrier}`) name it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum CarrierKind {
+    /// Prints the SMS to stdout (development).
+    Console,
+    /// POSTs JSON to a configured URL.
+    Webhook,
+    /// Twilio Programmable Messaging.
+    Twilio,
+    /// MSG91 flow API.
+    Msg91,
+    /// Vonage SMS API.
+    Vonage,
+}
+
+impl CarrierKind {
+    /// Every kind.
+    pub const ALL: [Self; 5] = [Self::Console, Self::Webhook, Self::Twilio, Self::Msg91, Self::Vonage];
+
+    /// The name: `console`, `webhook`, `twilio`, `msg91`, `vonage`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Console => "console",
+            Self::Webhook => "webhook",
+            Self::Twilio => "twilio",
+            Self::Msg91 => "msg91",
+            Self::Vonage => "vonage",
+        }
+    }
+}
+
+impl std::str::FromStr for CarrierKind {
+    type Err = CarrierConfigError;
+
+    fn from_str(name: &str) -> Result<Self, Self::Err> {
+        Self::ALL.into_iter().find(|k| k.as_str() == name).ok_or_else(|| CarrierConfigError::Unknown(name.to_owned()))
+    }
+}
+
+/// A delivery-receipt callback as it arrived on `/receipts/{carrier}`.
+pub struct Callback<'a> {
+    /// The query string's pairs.
+    pub query: Vec<(String, String)>,
+    /// The request's headers.
+    pub headers: &'a reqwest::header::HeaderMap,
+    /// The raw body.
+    pub body: &'a [u8],
+}
+
+impl Callback<'_> {
+    /// The first query parameter `name`.
+    pub fn query_param(&self, name: &str) -> Option<&str> {
+        self.query.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+    }
+}
+
+/// What an authentic callback said, and, for a signed one, what identifies
+/// it (the same callback seen again is a replay).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Receipts {
+    /// Its reports, in order.
+    pub receipts: Vec<Receipt>,
+    /// The signature, for carriers that sign their callbacks.
+    pub replay_key: Option<String>,
+}
+
+/// A way to send an SMS, and to read its delivery receipts.
 pub trait Carrier: Send + Sync + 'static {
+    /// Which carrier this is.
+    fn kind(&self) -> CarrierKind;
     /// The name used in metrics, events and config (`console`, `webhook`…).
-    fn name(&self) -> &'static str;
+    fn name(&self) -> &'static str {
+        self.kind().as_str()
+    }
     /// Sends one SMS (one attempt; retries are the sender's job).
     fn send<'a>(&'a self, sms: &'a Sms) -> BoxFuture<'a, Result<Accepted, CarrierError>>;
+    /// Authenticates and parses a delivery-receipt callback. A carrier that
+    /// sends none (or is not set up for them) refuses it as not configured.
+    fn receipts(&self, callback: &Callback<'_>) -> Result<Receipts, ReceiptError> {
+        let _ = callback;
+        Err(ReceiptError::NotConfigured(self.name()))
+    }
 }
 
 /// Why a carrier could not be built from configuration.
@@ -121,17 +200,30 @@ pub enum CarrierConfigError {
     Invalid(&'static str, String),
 }
 
-/// Builds one carrier by name from its configuration section.
+/// Builds one carrier by name, each from its own configuration section.
 pub fn build(name: &str, config: &Config) -> Result<Arc<dyn Carrier>, CarrierConfigError> {
     let c = &config.carriers;
-    Ok(match name {
-        "console" => Arc::new(Console),
-        "webhook" => Arc::new(Webhook::new(&c.webhook)?),
-        "twilio" => Arc::new(Twilio::new(c.twilio.as_ref().ok_or(CarrierConfigError::NotConfigured("twilio"))?)?),
-        "msg91" => Arc::new(Msg91::new(c.msg91.as_ref().ok_or(CarrierConfigError::NotConfigured("msg91"))?)?),
-        "vonage" => Arc::new(Vonage::new(c.vonage.as_ref().ok_or(CarrierConfigError::NotConfigured("vonage"))?)?),
-        other => return Err(CarrierConfigError::Unknown(other.to_owned())),
+    let missing = |kind: CarrierKind| CarrierConfigError::NotConfigured(kind.as_str());
+    Ok(match name.parse::<CarrierKind>()? {
+        CarrierKind::Console => Arc::new(Console),
+        CarrierKind::Webhook => Arc::new(Webhook::new(&c.webhook)?),
+        CarrierKind::Twilio => Arc::new(Twilio::new(c.twilio.as_ref().ok_or(missing(CarrierKind::Twilio))?)?),
+        CarrierKind::Msg91 => Arc::new(Msg91::new(c.msg91.as_ref().ok_or(missing(CarrierKind::Msg91))?)?),
+        CarrierKind::Vonage => Arc::new(Vonage::new(c.vonage.as_ref().ok_or(missing(CarrierKind::Vonage))?)?),
     })
+}
+
+/// The carriers whose receipts a sender takes: every one with a
+/// configuration section (routed or not: a receipt may come after a route
+/// changed).
+pub fn receivers(config: &Config) -> Result<BTreeMap<CarrierKind, Arc<dyn Carrier>>, CarrierConfigError> {
+    let c = &config.carriers;
+    let configured = [
+        (CarrierKind::Twilio, c.twilio.is_some()),
+        (CarrierKind::Msg91, c.msg91.is_some()),
+        (CarrierKind::Vonage, c.vonage.is_some()),
+    ];
+    configured.into_iter().filter(|(_, on)| *on).map(|(kind, _)| Ok((kind, build(kind.as_str(), config)?))).collect()
 }
 
 /// A delivery receipt's verdict.

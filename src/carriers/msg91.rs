@@ -10,8 +10,8 @@
 use crate::broker::BoxFuture;
 use crate::carriers::util::short;
 use crate::carriers::{
-    Accepted, Carrier, CarrierConfigError, CarrierError, Receipt, ReceiptError, ReceiptStatus, Sms, exchange,
-    token_matches,
+    Accepted, Callback, Carrier, CarrierConfigError, CarrierError, CarrierKind, Receipt, ReceiptError, ReceiptStatus,
+    Receipts, Sms, exchange, token_matches,
 };
 use crate::config::Msg91Config;
 use crate::domain::phone::{mask, redact_numbers};
@@ -35,6 +35,8 @@ pub struct Msg91 {
     authkey: HeaderValue,
     template_id: String,
     code_variable: String,
+    /// Its section, to check delivery reports with (`receipt_token`).
+    config: Msg91Config,
 }
 
 impl Msg91 {
@@ -74,13 +76,22 @@ impl Msg91 {
             authkey,
             template_id: config.template_id.trim().to_owned(),
             code_variable: code_variable.to_owned(),
+            config: config.clone(),
         })
     }
 }
 
 impl Carrier for Msg91 {
-    fn name(&self) -> &'static str {
-        "msg91"
+    fn kind(&self) -> CarrierKind {
+        CarrierKind::Msg91
+    }
+
+    /// A DLR webhook call (one or many reports), with the secret `?token=`.
+    fn receipts(&self, callback: &Callback<'_>) -> Result<Receipts, ReceiptError> {
+        Ok(Receipts {
+            receipts: receipts(&self.config, callback.query_param("token"), callback.body)?,
+            replay_key: None,
+        })
     }
 
     fn send<'a>(&'a self, sms: &'a Sms) -> BoxFuture<'a, Result<Accepted, CarrierError>> {

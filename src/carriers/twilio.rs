@@ -10,8 +10,8 @@
 use crate::broker::BoxFuture;
 use crate::carriers::util::{http_url, non_empty, short};
 use crate::carriers::{
-    Accepted, Carrier, CarrierConfigError, CarrierError, Receipt, ReceiptError, ReceiptStatus, Sms, exchange,
-    token_matches,
+    Accepted, Callback, Carrier, CarrierConfigError, CarrierError, CarrierKind, Receipt, ReceiptError, ReceiptStatus,
+    Receipts, Sms, exchange, token_matches,
 };
 use crate::config::TwilioConfig;
 use crate::domain::phone::{mask, redact_numbers};
@@ -48,6 +48,8 @@ pub struct Twilio {
     password: String,
     sender: Sender,
     status_callback: Option<String>,
+    /// Its section, to check status callbacks with (auth token, callback URL).
+    config: TwilioConfig,
 }
 
 /// Who the message comes from: exactly one of `From` or `MessagingServiceSid`.
@@ -131,13 +133,23 @@ impl Twilio {
             password,
             sender,
             status_callback,
+            config: config.clone(),
         })
     }
 }
 
 impl Carrier for Twilio {
-    fn name(&self) -> &'static str {
-        "twilio"
+    fn kind(&self) -> CarrierKind {
+        CarrierKind::Twilio
+    }
+
+    /// A status callback, signed (`X-Twilio-Signature`) over the configured
+    /// `status_callback` URL; the signature identifies it against replays.
+    fn receipts(&self, callback: &Callback<'_>) -> Result<Receipts, ReceiptError> {
+        let url = self.config.status_callback.as_deref().ok_or(ReceiptError::NotConfigured("twilio"))?;
+        let signature = callback.headers.get("x-twilio-signature").and_then(|v| v.to_str().ok()).map(str::trim);
+        let receipt = receipt(&self.config, url, signature, callback.body)?;
+        Ok(Receipts { receipts: vec![receipt], replay_key: signature.map(str::to_owned) })
     }
 
     fn send<'a>(&'a self, sms: &'a Sms) -> BoxFuture<'a, Result<Accepted, CarrierError>> {

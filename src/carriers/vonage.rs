@@ -11,8 +11,8 @@
 use crate::broker::BoxFuture;
 use crate::carriers::util::{http_url, non_empty};
 use crate::carriers::{
-    Accepted, Carrier, CarrierConfigError, CarrierError, Receipt, ReceiptError, ReceiptStatus, Sms, exchange,
-    token_matches,
+    Accepted, Callback, Carrier, CarrierConfigError, CarrierError, CarrierKind, Receipt, ReceiptError, ReceiptStatus,
+    Receipts, Sms, exchange, token_matches,
 };
 use crate::config::VonageConfig;
 use crate::domain::phone::{mask, redact_numbers};
@@ -43,6 +43,8 @@ pub struct Vonage {
     auth: Auth,
     from: String,
     callback: Option<String>,
+    /// Its section, to check delivery receipts with (`receipt_token`).
+    config: VonageConfig,
 }
 
 /// How requests are authenticated.
@@ -111,6 +113,7 @@ impl Vonage {
             auth,
             from: from.to_owned(),
             callback,
+            config: config.clone(),
         })
     }
 
@@ -143,8 +146,14 @@ impl Vonage {
 }
 
 impl Carrier for Vonage {
-    fn name(&self) -> &'static str {
-        "vonage"
+    fn kind(&self) -> CarrierKind {
+        CarrierKind::Vonage
+    }
+
+    /// A DLR: its fields in the query (GET), a form or a JSON body (POST).
+    fn receipts(&self, callback: &Callback<'_>) -> Result<Receipts, ReceiptError> {
+        let params = callback_params(callback)?;
+        Ok(Receipts { receipts: vec![receipt(&self.config, &params)?], replay_key: None })
     }
 
     fn send<'a>(&'a self, sms: &'a Sms) -> BoxFuture<'a, Result<Accepted, CarrierError>> {
@@ -220,6 +229,31 @@ pub fn classify(status: StatusCode, body: &[u8], retry_after: Option<Duration>) 
     }
     let id = answer.messages.into_iter().next().and_then(|m| m.message_id).filter(|id| !id.is_empty());
     Ok(Accepted { carrier_message_id: id })
+}
+
+/// A DLR's fields: the query's, then a JSON object's or a form's.
+fn callback_params(callback: &Callback<'_>) -> Result<Vec<(String, String)>, ReceiptError> {
+    let mut params = callback.query.clone();
+    let is_json = callback
+        .headers
+        .get(reqwest::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|ct| ct.starts_with("application/json"));
+    if is_json {
+        let map: serde_json::Map<String, serde_json::Value> =
+            serde_json::from_slice(callback.body).map_err(|e| ReceiptError::Malformed(e.to_string()))?;
+        params.extend(map.into_iter().map(|(k, v)| match v {
+            serde_json::Value::String(s) => (k, s),
+            other => (k, other.to_string()),
+        }));
+    } else if !callback.body.is_empty() {
+        let form: Vec<(String, String)> = std::str::from_utf8(callback.body)
+            .ok()
+            .and_then(|b| serde_urlencoded::from_str(b).ok())
+            .unwrap_or_default();
+        params.extend(form);
+    }
+    Ok(params)
 }
 
 /// Authenticates and parses a delivery receipt.

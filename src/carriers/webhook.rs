@@ -4,7 +4,7 @@
 //! any other status is permanent. Network errors and timeouts are retryable.
 
 use crate::broker::BoxFuture;
-use crate::carriers::{Accepted, Carrier, CarrierConfigError, CarrierError, Sms, exchange};
+use crate::carriers::{Accepted, Carrier, CarrierConfigError, CarrierError, CarrierKind, Sms, exchange};
 use crate::config::WebhookConfig;
 use reqwest::StatusCode;
 use serde::Serialize;
@@ -57,8 +57,8 @@ pub fn classify(status: StatusCode, retry_after: Option<Duration>) -> Result<(),
 }
 
 impl Carrier for Webhook {
-    fn name(&self) -> &'static str {
-        "webhook"
+    fn kind(&self) -> CarrierKind {
+        CarrierKind::Webhook
     }
 
     fn send<'a>(&'a self, sms: &'a Sms) -> BoxFuture<'a, Result<Accepted, CarrierError>> {

@@ -1,6 +1,7 @@
-//! Carriers' delivery-receipt callbacks, served by senders:
-//! `POST /receipts/twilio` (checked `X-Twilio-Signature`), `GET|POST
-//! /receipts/vonage` and `POST /receipts/msg91` (secret `?token=`).
+//! Carriers' delivery-receipt callbacks, served by senders on one route,
+//! `GET|POST /receipts/{carrier}`, that hands each callback to its carrier
+//! (Twilio checks `X-Twilio-Signature`, Vonage and MSG91 a secret `?token=`):
+//! this module knows no carrier's format.
 //!
 //! An authentic receipt is forwarded to the generator (routing key
 //! `receipt`), which resolves it to a request. Forged or unsigned callbacks
@@ -9,17 +10,17 @@
 //! than [`MAX_REPORTS_PER_CALLBACK`] reports gets 400.
 
 use crate::broker::{Broker, Topology};
-use crate::carriers::{self, Receipt, ReceiptError, ReceiptStatus};
-use crate::config::CarriersConfig;
+use crate::carriers::{Callback, Carrier, CarrierKind, Receipt, ReceiptError, ReceiptStatus, Receipts};
 use crate::domain::{Clock, ReceiptMessage};
 use crate::telemetry::names;
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, RawQuery, State};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::extract::{DefaultBodyLimit, Path, RawQuery, State};
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::get;
 use serde_json::json;
+use std::collections::BTreeMap;
 use std::collections::{HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -69,8 +70,8 @@ impl Replays {
 /// What the receipt routes need.
 #[derive(Clone)]
 pub struct ReceiptState {
-    /// Carrier settings (secrets to check callbacks with).
-    pub carriers: Arc<CarriersConfig>,
+    /// The carriers whose callbacks are taken (those configured).
+    pub carriers: Arc<BTreeMap<CarrierKind, Arc<dyn Carrier>>>,
     /// Where authentic receipts go.
     pub broker: Arc<Broker>,
     /// Stamps receipts.
@@ -79,12 +80,10 @@ pub struct ReceiptState {
     pub replays: Arc<Mutex<Replays>>,
 }
 
-/// The receipt routes.
+/// The receipt route.
 pub fn router(state: ReceiptState) -> Router {
     Router::new()
-        .route("/receipts/twilio", post(twilio))
-        .route("/receipts/vonage", get(vonage).post(vonage))
-        .route("/receipts/msg91", post(msg91))
+        .route("/receipts/{carrier}", get(receive).post(receive))
         .layer(DefaultBodyLimit::max(MAX_RECEIPT_BYTES))
         .with_state(state)
 }
@@ -93,75 +92,46 @@ fn query_pairs(query: Option<&str>) -> Vec<(String, String)> {
     query.and_then(|q| serde_urlencoded::from_str(q).ok()).unwrap_or_default()
 }
 
-async fn twilio(State(state): State<ReceiptState>, headers: HeaderMap, body: Bytes) -> Response {
-    let result = match state.carriers.twilio.as_ref() {
-        Some(config) => match config.status_callback.as_deref() {
-            Some(url) => {
-                let signature = headers.get("x-twilio-signature").and_then(|v| v.to_str().ok()).map(str::trim);
-                let receipt = carriers::twilio::receipt(config, url, signature, &body);
-                if let (Ok(_), Some(signature)) = (&receipt, signature) {
-                    return state.forward_once(signature, receipt.map(|r| vec![r])).await;
-                }
-                receipt.map(|r| vec![r])
-            }
-            None => Err(ReceiptError::NotConfigured("twilio")),
-        },
-        None => Err(ReceiptError::NotConfigured("twilio")),
-    };
-    state.forward("twilio", result).await
-}
-
-async fn vonage(
+/// One callback: to its carrier, then (if authentic) to the generator.
+async fn receive(
     State(state): State<ReceiptState>,
+    Path(name): Path<String>,
     RawQuery(query): RawQuery,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let mut params = query_pairs(query.as_deref());
-    let is_json = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|ct| ct.starts_with("application/json"));
-    if is_json {
-        match serde_json::from_slice::<serde_json::Map<String, serde_json::Value>>(&body) {
-            Ok(map) => params.extend(map.into_iter().map(|(k, v)| match v {
-                serde_json::Value::String(s) => (k, s),
-                other => (k, other.to_string()),
-            })),
-            Err(e) => {
-                return state.forward("vonage", Err(ReceiptError::Malformed(e.to_string()))).await;
-            }
-        }
-    } else if !body.is_empty() {
-        params.extend(query_pairs(std::str::from_utf8(&body).ok()));
+    let Ok(kind) = name.parse::<CarrierKind>() else {
+        let error = format!("no carrier {name:?}");
+        return (StatusCode::NOT_FOUND, axum::Json(json!({ "error": error }))).into_response();
+    };
+    let carrier = kind.as_str();
+    let callback = Callback { query: query_pairs(query.as_deref()), headers: &headers, body: &body };
+    let result = match state.carriers.get(&kind) {
+        Some(receiver) => receiver.receipts(&callback),
+        None => Err(ReceiptError::NotConfigured(carrier)),
+    };
+    match result {
+        Ok(Receipts { receipts, replay_key: Some(key) }) => state.forward_once(carrier, &key, Ok(receipts)).await,
+        Ok(Receipts { receipts, replay_key: None }) => state.forward(carrier, Ok(receipts)).await,
+        Err(e) => state.forward(carrier, Err(e)).await,
     }
-    let result = match state.carriers.vonage.as_ref() {
-        Some(config) => carriers::vonage::receipt(config, &params).map(|r| vec![r]),
-        None => Err(ReceiptError::NotConfigured("vonage")),
-    };
-    state.forward("vonage", result).await
-}
-
-async fn msg91(State(state): State<ReceiptState>, RawQuery(query): RawQuery, body: Bytes) -> Response {
-    let params = query_pairs(query.as_deref());
-    let token = params.iter().find(|(k, _)| k == "token").map(|(_, v)| v.as_str());
-    let result = match state.carriers.msg91.as_ref() {
-        Some(config) => carriers::msg91::receipts(config, token, &body),
-        None => Err(ReceiptError::NotConfigured("msg91")),
-    };
-    state.forward("msg91", result).await
 }
 
 impl ReceiptState {
-    /// Forwards an authentic signed Twilio callback unless it was forwarded
-    /// before (then: 200, counted `replayed`, dropped).
-    async fn forward_once(&self, signature: &str, result: Result<Vec<Receipt>, ReceiptError>) -> Response {
+    /// Forwards an authentic signed callback unless it was forwarded before
+    /// (then: 200, counted `replayed`, dropped).
+    async fn forward_once(
+        &self,
+        carrier: &'static str,
+        signature: &str,
+        result: Result<Vec<Receipt>, ReceiptError>,
+    ) -> Response {
         if self.replays.lock().expect("replays lock").seen(signature, Instant::now()) {
-            metrics::counter!(names::RECEIPTS, "carrier" => "twilio", "status" => "replayed").increment(1);
-            tracing::warn!("a signed Twilio callback came again; dropped");
+            metrics::counter!(names::RECEIPTS, "carrier" => carrier, "status" => "replayed").increment(1);
+            tracing::warn!(carrier, "a signed callback came again; dropped");
             return StatusCode::OK.into_response();
         }
-        let response = self.forward("twilio", result).await;
+        let response = self.forward(carrier, result).await;
         if response.status().is_success() {
             self.replays.lock().expect("replays lock").remember(signature, Instant::now());
         }
