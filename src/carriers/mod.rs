@@ -122,7 +122,7 @@ impl CarrierKind {
     pub const ALL: [Self; 5] = [Self::Console, Self::Webhook, Self::Twilio, Self::Msg91, Self::Vonage];
 
     /// The name: `console`, `webhook`, `twilio`, `msg91`, `vonage`.
-    pub fn as_str(self) -> &'static str {
+    pub const fn as_str(self) -> &'static str {
         match self {
             Self::Console => "console",
             Self::Webhook => "webhook",

@@ -20,6 +20,10 @@ use reqwest::header::{ACCEPT, CONTENT_TYPE, HeaderValue};
 use serde_json::{Map, Value, json};
 use std::time::Duration;
 
+const KIND: CarrierKind = CarrierKind::Msg91;
+/// This carrier's name, as routes, metrics and receipts say it.
+const NAME: &str = KIND.as_str();
+
 /// MSG91's answer to a request it took as a duplicate of one made within 10 s
 /// (the earlier one may well have been sent): retried once that window passed.
 const DUPLICATE_CODE: &str = "311";
@@ -46,7 +50,7 @@ impl Msg91 {
     /// `authkey`, an empty `template_id`, an empty `code_variable` or one named
     /// `mobiles` (reserved by MSG91 for the recipient).
     pub fn new(config: &Msg91Config) -> Result<Self, CarrierConfigError> {
-        let invalid = |what: &str| CarrierConfigError::Invalid("msg91", what.to_owned());
+        let invalid = |what: &str| CarrierConfigError::Invalid(NAME, what.to_owned());
         let mut url = reqwest::Url::parse(config.base_url.trim())
             .ok()
             .filter(|url| matches!(url.scheme(), "http" | "https"))
@@ -71,7 +75,7 @@ impl Msg91 {
             return Err(invalid("timeout_ms must be positive"));
         }
         Ok(Self {
-            client: crate::carriers::http_client("msg91", config.timeout_ms)?,
+            client: crate::carriers::http_client(NAME, config.timeout_ms)?,
             url,
             authkey,
             template_id: config.template_id.trim().to_owned(),
@@ -83,7 +87,7 @@ impl Msg91 {
 
 impl Carrier for Msg91 {
     fn kind(&self) -> CarrierKind {
-        CarrierKind::Msg91
+        KIND
     }
 
     /// A DLR webhook call (one or many reports), with the secret `?token=`.
@@ -173,7 +177,7 @@ pub fn classify(status: StatusCode, body: &[u8], retry_after: Option<Duration>) 
 /// rejected and `17` blocked are undelivered; anything else is pending.
 pub fn receipts(config: &Msg91Config, token: Option<&str>, body: &[u8]) -> Result<Vec<Receipt>, ReceiptError> {
     let expected =
-        config.receipt_token.as_deref().filter(|t| !t.is_empty()).ok_or(ReceiptError::NotConfigured("msg91"))?;
+        config.receipt_token.as_deref().filter(|t| !t.is_empty()).ok_or(ReceiptError::NotConfigured(NAME))?;
     if !token_matches(token, expected) {
         return Err(ReceiptError::Forbidden("wrong or missing token".into()));
     }
@@ -246,7 +250,7 @@ fn one(request_id: &str, report: &Value) -> Result<Receipt, ReceiptError> {
         let parts: Vec<String> = [code, desc, reason].into_iter().flatten().collect();
         short(&redact_numbers(&parts.join(" ")))
     });
-    Ok(Receipt { carrier: "msg91", carrier_message_id: request_id.to_owned(), status, error })
+    Ok(Receipt { carrier: NAME, carrier_message_id: request_id.to_owned(), status, error })
 }
 
 /// A field as text, whether MSG91 sent a string or a number.

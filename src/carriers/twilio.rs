@@ -22,6 +22,10 @@ use serde::Deserialize;
 use sha1::Sha1;
 use std::time::Duration;
 
+const KIND: CarrierKind = CarrierKind::Twilio;
+/// This carrier's name, as routes, metrics and receipts say it.
+const NAME: &str = KIND.as_str();
+
 /// Twilio error codes worth retrying: 20429 too many requests, 21611 the
 /// sender's queue is full.
 const RETRYABLE_CODES: [u64; 2] = [20429, 21611];
@@ -91,7 +95,7 @@ impl Twilio {
     /// without its secret (or the reverse), a `status_callback` that is not an
     /// http(s) URL.
     pub fn new(config: &TwilioConfig) -> Result<Self, CarrierConfigError> {
-        let invalid = |what: &str| CarrierConfigError::Invalid("twilio", what.to_owned());
+        let invalid = |what: &str| CarrierConfigError::Invalid(NAME, what.to_owned());
         let mut url = http_url(&config.base_url).ok_or_else(|| invalid("base_url must be an http(s) URL"))?;
         let account_sid = config.account_sid.trim();
         if account_sid.is_empty() || !account_sid.bytes().all(|b| b.is_ascii_alphanumeric()) {
@@ -127,7 +131,7 @@ impl Twilio {
             return Err(invalid("timeout_ms must be positive"));
         }
         Ok(Self {
-            client: crate::carriers::http_client("twilio", config.timeout_ms)?,
+            client: crate::carriers::http_client(NAME, config.timeout_ms)?,
             url,
             user,
             password,
@@ -140,13 +144,13 @@ impl Twilio {
 
 impl Carrier for Twilio {
     fn kind(&self) -> CarrierKind {
-        CarrierKind::Twilio
+        KIND
     }
 
     /// A status callback, signed (`X-Twilio-Signature`) over the configured
     /// `status_callback` URL; the signature identifies it against replays.
     fn receipts(&self, callback: &Callback<'_>) -> Result<Receipts, ReceiptError> {
-        let url = self.config.status_callback.as_deref().ok_or(ReceiptError::NotConfigured("twilio"))?;
+        let url = self.config.status_callback.as_deref().ok_or(ReceiptError::NotConfigured(NAME))?;
         let signature = callback.headers.get("x-twilio-signature").and_then(|v| v.to_str().ok()).map(str::trim);
         let receipt = receipt(&self.config, url, signature, callback.body)?;
         Ok(Receipts { receipts: vec![receipt], replay_key: signature.map(str::to_owned) })
@@ -243,7 +247,7 @@ pub fn receipt(
         ReceiptStatus::Undelivered => Some(param("ErrorCode").unwrap_or(state).to_owned()),
         _ => None,
     };
-    Ok(Receipt { carrier: "twilio", carrier_message_id: sid.to_owned(), status, error })
+    Ok(Receipt { carrier: NAME, carrier_message_id: sid.to_owned(), status, error })
 }
 
 fn malformed(what: &str) -> ReceiptError {

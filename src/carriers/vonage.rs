@@ -22,6 +22,10 @@ use serde::Deserialize;
 use sha2::Sha256;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+const KIND: CarrierKind = CarrierKind::Vonage;
+/// This carrier's name, as routes, metrics and receipts say it.
+const NAME: &str = KIND.as_str();
+
 /// Message statuses Vonage documents as temporary: throttled, internal error,
 /// too many binds, communication failed.
 const RETRYABLE_STATUSES: [&str; 4] = ["1", "5", "10", "13"];
@@ -75,7 +79,7 @@ impl Vonage {
     /// neither `api_secret` nor `signature_secret`, a `callback` that is not an
     /// http(s) URL of at most 100 characters. With both secrets, requests are signed.
     pub fn new(config: &VonageConfig) -> Result<Self, CarrierConfigError> {
-        let invalid = |what: &str| CarrierConfigError::Invalid("vonage", what.to_owned());
+        let invalid = |what: &str| CarrierConfigError::Invalid(NAME, what.to_owned());
         let mut url = http_url(&config.base_url).ok_or_else(|| invalid("base_url must be an http(s) URL"))?;
         url.path_segments_mut()
             .map_err(|()| invalid("base_url cannot be a base"))?
@@ -107,7 +111,7 @@ impl Vonage {
             return Err(invalid("timeout_ms must be positive"));
         }
         Ok(Self {
-            client: crate::carriers::http_client("vonage", config.timeout_ms)?,
+            client: crate::carriers::http_client(NAME, config.timeout_ms)?,
             url,
             api_key: api_key.to_owned(),
             auth,
@@ -147,7 +151,7 @@ impl Vonage {
 
 impl Carrier for Vonage {
     fn kind(&self) -> CarrierKind {
-        CarrierKind::Vonage
+        KIND
     }
 
     /// A DLR: its fields in the query (GET), a form or a JSON body (POST).
@@ -264,7 +268,7 @@ fn callback_params(callback: &Callback<'_>) -> Result<Vec<(String, String)>, Rec
 /// `accepted`, `buffered`, `unknown` and anything else are pending.
 pub fn receipt(config: &VonageConfig, params: &[(String, String)]) -> Result<Receipt, ReceiptError> {
     let expected =
-        config.receipt_token.as_deref().filter(|t| !t.is_empty()).ok_or(ReceiptError::NotConfigured("vonage"))?;
+        config.receipt_token.as_deref().filter(|t| !t.is_empty()).ok_or(ReceiptError::NotConfigured(NAME))?;
     let param = |name: &str| {
         params.iter().find(|(key, _)| key == name).map(|(_, value)| value.trim()).filter(|v| !v.is_empty())
     };
@@ -279,7 +283,7 @@ pub fn receipt(config: &VonageConfig, params: &[(String, String)]) -> Result<Rec
         _ => ReceiptStatus::Pending,
     };
     let error = (status == ReceiptStatus::Undelivered).then(|| param("err-code").unwrap_or(state).to_owned());
-    Ok(Receipt { carrier: "vonage", carrier_message_id: id.to_owned(), status, error })
+    Ok(Receipt { carrier: NAME, carrier_message_id: id.to_owned(), status, error })
 }
 
 #[cfg(test)]

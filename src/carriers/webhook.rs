@@ -10,6 +10,10 @@ use reqwest::StatusCode;
 use serde::Serialize;
 use std::time::Duration;
 
+const KIND: CarrierKind = CarrierKind::Webhook;
+/// This carrier's name, as routes, metrics and receipts say it.
+const NAME: &str = KIND.as_str();
+
 /// Posts `{"to","text","request_id","delivery_id"}` to a configured URL.
 #[derive(Debug, Clone)]
 pub struct Webhook {
@@ -35,12 +39,12 @@ struct Answer {
 impl Webhook {
     /// Builds the carrier; the URL must be http(s).
     pub fn new(config: &WebhookConfig) -> Result<Self, CarrierConfigError> {
-        let url = reqwest::Url::parse(&config.url)
-            .map_err(|e| CarrierConfigError::Invalid("webhook", format!("url: {e}")))?;
+        let url =
+            reqwest::Url::parse(&config.url).map_err(|e| CarrierConfigError::Invalid(NAME, format!("url: {e}")))?;
         if !matches!(url.scheme(), "http" | "https") {
-            return Err(CarrierConfigError::Invalid("webhook", "url must be http or https".into()));
+            return Err(CarrierConfigError::Invalid(NAME, "url must be http or https".into()));
         }
-        let client = crate::carriers::http_client("webhook", config.timeout_ms)?;
+        let client = crate::carriers::http_client(NAME, config.timeout_ms)?;
         Ok(Self { client, url, token: config.token.clone() })
     }
 }
@@ -58,7 +62,7 @@ pub fn classify(status: StatusCode, retry_after: Option<Duration>) -> Result<(),
 
 impl Carrier for Webhook {
     fn kind(&self) -> CarrierKind {
-        CarrierKind::Webhook
+        KIND
     }
 
     fn send<'a>(&'a self, sms: &'a Sms) -> BoxFuture<'a, Result<Accepted, CarrierError>> {
