@@ -4,6 +4,13 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
 use time::{Duration, OffsetDateTime};
 
+/// Whole seconds from `now` until `at`, rounded up, at least 1 (what a
+/// `Retry-After` says).
+pub fn seconds_until(at: OffsetDateTime, now: OffsetDateTime) -> u64 {
+    let secs = (at - now).as_seconds_f64().ceil();
+    if secs.is_finite() && secs >= 1.0 { secs as u64 } else { 1 }
+}
+
 /// A source of "now". Production uses [`SystemClock`]; tests use [`ManualClock`].
 pub trait Clock: Send + Sync + 'static {
     /// The current UTC time.
@@ -55,5 +62,13 @@ mod tests {
         let before = other.now();
         clock.advance(Duration::minutes(10));
         assert!(other.now() - before >= Duration::minutes(10));
+    }
+
+    #[test]
+    fn seconds_until_rounds_up_and_is_never_zero() {
+        let now = OffsetDateTime::UNIX_EPOCH;
+        assert_eq!(seconds_until(now + Duration::milliseconds(1500), now), 2);
+        assert_eq!(seconds_until(now + Duration::seconds(30), now), 30);
+        assert_eq!(seconds_until(now - Duration::seconds(5), now), 1, "past: retry at once, but say 1");
     }
 }

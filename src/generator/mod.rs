@@ -166,11 +166,7 @@ fn limit_rejection(outcome: &IssueOutcome, now: OffsetDateTime) -> Option<(Rejec
     }
 }
 
-/// Whole seconds from `now` until `at`, rounded up, at least 1.
-pub fn seconds_until(at: OffsetDateTime, now: OffsetDateTime) -> u64 {
-    let secs = (at - now).as_seconds_f64().ceil();
-    if secs.is_finite() && secs >= 1.0 { secs as u64 } else { 1 }
-}
+pub use crate::domain::clock::seconds_until;
 
 /// The requests queue's handler.
 pub struct RequestHandler(pub Arc<Generator>);

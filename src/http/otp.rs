@@ -65,7 +65,7 @@ pub async fn create(
             let Some(retry_at) = retry_at else {
                 return Ok((StatusCode::BAD_REQUEST, axum::Json(body)).into_response());
             };
-            let wait = crate::generator::seconds_until(retry_at, state.generator.now());
+            let wait = crate::domain::clock::seconds_until(retry_at, state.generator.now());
             body.retry_after_secs = Some(wait);
             return Ok(too_many_requests(&body, wait));
         }

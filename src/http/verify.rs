@@ -82,7 +82,7 @@ pub async fn verify(
         }
         VerifyOutcome::NotFound => (StatusCode::NOT_FOUND, VerifyResult::of(VerifyStatus::NotFound)),
         VerifyOutcome::Locked { until } => {
-            let wait = crate::generator::seconds_until(until, state.generator.now());
+            let wait = crate::domain::clock::seconds_until(until, state.generator.now());
             let body = VerifyResult { retry_after_secs: Some(wait), ..VerifyResult::of(VerifyStatus::Locked) };
             return Ok(too_many_requests(&body, wait));
         }
