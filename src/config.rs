@@ -464,6 +464,24 @@ pub struct TwilioConfig {
 }
 
 impl TwilioConfig {
+    /// A complete section against `base_url` (a fake carrier or Twilio's
+    /// test credentials): account `ACtest`, auth token `auth_token`, Twilio's
+    /// magic test sender `+15005550006`, no status callback, 5 s timeout. The
+    /// one fixture tests, the bench and demos start from.
+    pub fn sandbox(base_url: &str, auth_token: &str) -> Self {
+        Self {
+            base_url: base_url.into(),
+            account_sid: "ACtest".into(),
+            auth_token: auth_token.into(),
+            api_key_sid: None,
+            api_key_secret: None,
+            from: Some("+15005550006".into()),
+            messaging_service_sid: None,
+            status_callback: None,
+            timeout_ms: 5_000,
+        }
+    }
+
     fn default_base_url() -> String {
         "https://api.twilio.com".into()
     }
@@ -492,6 +510,19 @@ pub struct Msg91Config {
 }
 
 impl Msg91Config {
+    /// A complete section against `base_url`: authkey `auth-key-1`, template
+    /// `6123abcd` with variable `otp`, no receipt token, 5 s timeout.
+    pub fn sandbox(base_url: &str) -> Self {
+        Self {
+            base_url: base_url.into(),
+            authkey: "auth-key-1".into(),
+            template_id: "6123abcd".into(),
+            code_variable: "otp".into(),
+            receipt_token: None,
+            timeout_ms: 5_000,
+        }
+    }
+
     fn default_base_url() -> String {
         "https://control.msg91.com".into()
     }
@@ -532,6 +563,21 @@ pub struct VonageConfig {
 }
 
 impl VonageConfig {
+    /// A complete section against `base_url`: key `vonage-key` with secret
+    /// `vonage-secret`, sender `OTP`, no callback, 5 s timeout.
+    pub fn sandbox(base_url: &str) -> Self {
+        Self {
+            base_url: base_url.into(),
+            api_key: "vonage-key".into(),
+            api_secret: Some("vonage-secret".into()),
+            signature_secret: None,
+            from: "OTP".into(),
+            callback: None,
+            receipt_token: None,
+            timeout_ms: 5_000,
+        }
+    }
+
     fn default_base_url() -> String {
         "https://rest.nexmo.com".into()
     }

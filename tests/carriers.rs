@@ -93,15 +93,9 @@ fn retryable(error: &CarrierError) -> Option<Duration> {
 
 fn twilio_config(base_url: String) -> TwilioConfig {
     TwilioConfig {
-        base_url,
         account_sid: ACCOUNT_SID.into(),
-        auth_token: "auth-token-1".into(),
-        api_key_sid: None,
-        api_key_secret: None,
-        from: Some("+15005550006".into()),
-        messaging_service_sid: None,
         status_callback: Some("https://otp.example.com/receipts/twilio".into()),
-        timeout_ms: 5_000,
+        ..TwilioConfig::sandbox(&base_url, "auth-token-1")
     }
 }
 

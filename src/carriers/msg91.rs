@@ -271,14 +271,7 @@ mod tests {
     use super::*;
 
     fn config() -> Msg91Config {
-        Msg91Config {
-            base_url: "https://control.msg91.com".into(),
-            authkey: "auth-key-1".into(),
-            template_id: "6123abcd".into(),
-            code_variable: "otp".into(),
-            receipt_token: Some("dlr-secret".into()),
-            timeout_ms: 1_000,
-        }
+        Msg91Config { receipt_token: Some("dlr-secret".into()), ..Msg91Config::sandbox("https://control.msg91.com") }
     }
 
     fn answer(status: u16, body: &str) -> Result<Accepted, CarrierError> {

@@ -259,16 +259,11 @@ mod tests {
     use super::*;
 
     fn config() -> TwilioConfig {
+        // Twilio's own signature example: auth token 12345, this callback URL.
         TwilioConfig {
-            base_url: "https://api.twilio.com".into(),
             account_sid: "AC00000000000000000000000000000000".into(),
-            auth_token: "12345".into(),
-            api_key_sid: None,
-            api_key_secret: None,
-            from: Some("+15005550006".into()),
-            messaging_service_sid: None,
             status_callback: Some("https://mycompany.com/myapp.php?foo=1&bar=2".into()),
-            timeout_ms: 1_000,
+            ..TwilioConfig::sandbox("https://api.twilio.com", "12345")
         }
     }
 

@@ -292,14 +292,12 @@ mod tests {
 
     fn config() -> VonageConfig {
         VonageConfig {
-            base_url: "https://rest.nexmo.com".into(),
             api_key: "abcd1234".into(),
             api_secret: Some("s3cr3t".into()),
-            signature_secret: None,
             from: "AcmeInc".into(),
             callback: Some("https://example.com/receipts/vonage?token=dlr-secret".into()),
             receipt_token: Some("dlr-secret".into()),
-            timeout_ms: 1_000,
+            ..VonageConfig::sandbox("https://rest.nexmo.com")
         }
     }
 

@@ -463,30 +463,16 @@ pub const TWILIO_TOKEN: &str = "twilio-auth-token-for-tests";
 
 /// Twilio on `base_url` (a fake carrier), receipts to this sender.
 pub fn twilio(base_url: &str, sender_url: &str) -> TwilioConfig {
-    TwilioConfig {
-        base_url: base_url.into(),
-        account_sid: "ACtest".into(),
-        auth_token: TWILIO_TOKEN.into(),
-        api_key_sid: None,
-        api_key_secret: None,
-        from: Some("+15005550006".into()),
-        messaging_service_sid: None,
-        status_callback: Some(format!("{sender_url}/receipts/twilio")),
-        timeout_ms: 5_000,
-    }
+    let status_callback = Some(format!("{sender_url}/receipts/twilio"));
+    TwilioConfig { status_callback, ..TwilioConfig::sandbox(base_url, TWILIO_TOKEN) }
 }
 
 /// Vonage on `base_url`, receipts to this sender with token `vonage-token`.
 pub fn vonage(base_url: &str, sender_url: &str) -> VonageConfig {
     VonageConfig {
-        base_url: base_url.into(),
-        api_key: "vonage-key".into(),
-        api_secret: Some("vonage-secret".into()),
-        signature_secret: None,
-        from: "OTP".into(),
         callback: Some(format!("{sender_url}/receipts/vonage?token=vonage-token")),
         receipt_token: Some("vonage-token".into()),
-        timeout_ms: 5_000,
+        ..VonageConfig::sandbox(base_url)
     }
 }
 

@@ -1091,27 +1091,8 @@ fn in_process_config(base: &Config, primary: &Carrier, failover: &Carrier) -> In
     config.limits.send.resend_cooldown_secs = 0;
     config.limits.send.max_per_window = 0;
     config.limits.pumping.prefix_digits = 0;
-    config.carriers.twilio = Some(TwilioConfig {
-        base_url: primary.fake.base_url(),
-        account_sid: "ACbench".into(),
-        auth_token: "bench-token".into(),
-        api_key_sid: None,
-        api_key_secret: None,
-        from: Some("+15005550006".into()),
-        messaging_service_sid: None,
-        status_callback: None,
-        timeout_ms: 5_000,
-    });
-    config.carriers.vonage = Some(VonageConfig {
-        base_url: failover.fake.base_url(),
-        api_key: "bench".into(),
-        api_secret: Some("bench-secret".into()),
-        signature_secret: None,
-        from: "OTP".into(),
-        callback: None,
-        receipt_token: None,
-        timeout_ms: 5_000,
-    });
+    config.carriers.twilio = Some(TwilioConfig::sandbox(&primary.fake.base_url(), "bench-token"));
+    config.carriers.vonage = Some(VonageConfig::sandbox(&failover.fake.base_url()));
     config.routing.default = vec![
         RouteEntry::Weighted { carrier: "twilio".into(), weight: 1 },
         RouteEntry::Weighted { carrier: "vonage".into(), weight: 0 },
