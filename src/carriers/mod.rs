@@ -296,7 +296,8 @@ pub fn http_client(name: &'static str, timeout_ms: u64) -> Result<reqwest::Clien
         .map_err(|e| CarrierConfigError::Invalid(name, e.to_string()))
 }
 
-/// A carrier's whole answer to one request.
+/// A carrier's whole answer to one request: what every carrier's
+/// `classify(&Reply) -> Result<Accepted, CarrierError>` reads.
 #[derive(Debug)]
 pub struct Reply {
     /// HTTP status.
@@ -305,6 +306,18 @@ pub struct Reply {
     pub retry_after: Option<Duration>,
     /// The body.
     pub body: Vec<u8>,
+}
+
+impl Reply {
+    /// An answer with `status` and `body` (no `Retry-After`).
+    pub fn new(status: reqwest::StatusCode, body: &[u8]) -> Self {
+        Self { status, retry_after: None, body: body.to_vec() }
+    }
+
+    /// The same answer with a `Retry-After`.
+    pub fn retry_after(self, retry_after: Option<Duration>) -> Self {
+        Self { retry_after, ..self }
+    }
 }
 
 /// Sends `request` and reads the whole answer. Network failures (connect,

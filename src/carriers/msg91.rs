@@ -8,6 +8,7 @@
 //! IP whitelist, template, number, balance…) and other 4xx are permanent.
 
 use crate::broker::BoxFuture;
+use crate::carriers::Reply;
 use crate::carriers::util::short;
 use crate::carriers::{
     Accepted, Callback, Carrier, CarrierConfigError, CarrierError, CarrierKind, Receipt, ReceiptError, ReceiptStatus,
@@ -117,7 +118,7 @@ impl Carrier for Msg91 {
                     .body(body.to_string()),
             )
             .await?;
-            let accepted = classify(reply.status, &reply.body, reply.retry_after).map_err(|e| e.scrub(&sms.code))?;
+            let accepted = classify(&reply).map_err(|e| e.scrub(&sms.code))?;
             tracing::debug!(
                 to = %mask(&sms.to),
                 request_id = accepted.carrier_message_id.as_deref().unwrap_or("-"),
@@ -132,7 +133,8 @@ impl Carrier for Msg91 {
 /// accepted (the request id becomes `carrier_message_id`);
 /// `{"type":"error","message":…,"code"?:…}`, HTTP 4xx/5xx and unreadable
 /// answers are classified as retryable or permanent.
-pub fn classify(status: StatusCode, body: &[u8], retry_after: Option<Duration>) -> Result<Accepted, CarrierError> {
+pub fn classify(reply: &Reply) -> Result<Accepted, CarrierError> {
+    let (status, body, retry_after) = (reply.status, reply.body.as_slice(), reply.retry_after);
     let answer: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
     let kind = text(&answer, "type").map(|t| t.to_ascii_lowercase());
     let message = text(&answer, "message");
@@ -275,7 +277,7 @@ mod tests {
     }
 
     fn answer(status: u16, body: &str) -> Result<Accepted, CarrierError> {
-        classify(StatusCode::from_u16(status).expect("status"), body.as_bytes(), None)
+        classify(&Reply::new(StatusCode::from_u16(status).expect("status"), body.as_bytes()))
     }
 
     /// Examples from MSG91's API documentation (send SMS via flow, send SMS
@@ -318,12 +320,12 @@ mod tests {
     fn retry_after_is_honoured_and_duplicates_wait_out_their_window() {
         let wait = Some(Duration::from_secs(3));
         assert_eq!(
-            classify(StatusCode::TOO_MANY_REQUESTS, b"", wait),
+            classify(&Reply::new(StatusCode::TOO_MANY_REQUESTS, b"").retry_after(wait)),
             Err(CarrierError::Retryable { reason: "msg91 HTTP 429 Too Many Requests".into(), retry_after: wait })
         );
         let duplicate = br#"{"type":"error","message":"Request discarded because same request was generated twice within 10 seconds","code":"311"}"#;
         assert!(matches!(
-            classify(StatusCode::OK, duplicate, None),
+            classify(&Reply::new(StatusCode::OK, duplicate)),
             Err(CarrierError::Retryable { retry_after: Some(d), .. }) if d == DUPLICATE_WINDOW
         ));
     }

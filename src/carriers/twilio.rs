@@ -8,6 +8,7 @@
 //! is permanent. Network errors and timeouts are retryable.
 
 use crate::broker::BoxFuture;
+use crate::carriers::Reply;
 use crate::carriers::util::{http_url, non_empty, short};
 use crate::carriers::{
     Accepted, Callback, Carrier, CarrierConfigError, CarrierError, CarrierKind, Receipt, ReceiptError, ReceiptStatus,
@@ -63,11 +64,10 @@ enum Sender {
 }
 
 /// The parts of Twilio's answers this adapter reads (success and error),
-/// leniently: `status` is a word in a message and a number in an error.
+/// leniently: `code` is a number, tolerated as a string.
 #[derive(Deserialize, Default)]
 struct Answer {
     sid: Option<String>,
-    status: Option<serde_json::Value>,
     code: Option<serde_json::Value>,
     message: Option<String>,
 }
@@ -174,27 +174,29 @@ impl Carrier for Twilio {
                     .form(&form),
             )
             .await?;
-            if !reply.status.is_success() {
-                return Err(classify(reply.status, &reply.body, reply.retry_after).scrub(&sms.code));
-            }
-            let answer = Answer::parse(&reply.body);
-            tracing::debug!(
-                to = %mask(&sms.to),
-                sid = answer.sid.as_deref().unwrap_or("-"),
-                status = answer.status.as_ref().and_then(|s| s.as_str()).unwrap_or("-"),
-                "twilio accepted the message"
-            );
-            Ok(Accepted { carrier_message_id: answer.sid.filter(|s| !s.is_empty()) })
+            let accepted = classify(&reply).map_err(|e| e.scrub(&sms.code))?;
+            let sid = accepted.carrier_message_id.as_deref().unwrap_or("-");
+            tracing::debug!(to = %mask(&sms.to), sid, "twilio accepted the message");
+            Ok(accepted)
         })
     }
 }
 
-/// Classifies a non-2xx answer of the Messages resource from its HTTP status
-/// and Twilio's error JSON (`{"code","message","more_info","status"}`).
+/// Classifies an answer of the Messages resource: a 2xx is accepted with its
+/// `sid`; otherwise the error comes from the HTTP status and Twilio's error
+/// JSON (`{"code","message","more_info","status"}`).
 ///
 /// The reason reads `twilio <code>: <message>` with numbers in the message
 /// masked (Twilio quotes the `To` number back).
-pub fn classify(status: StatusCode, body: &[u8], retry_after: Option<Duration>) -> CarrierError {
+pub fn classify(reply: &Reply) -> Result<Accepted, CarrierError> {
+    if reply.status.is_success() {
+        let sid = Answer::parse(&reply.body).sid.filter(|s| !s.is_empty());
+        return Ok(Accepted { carrier_message_id: sid });
+    }
+    Err(classify_error(reply.status, &reply.body, reply.retry_after))
+}
+
+fn classify_error(status: StatusCode, body: &[u8], retry_after: Option<Duration>) -> CarrierError {
     let answer = Answer::parse(body);
     let code = answer.code();
     let reason = match (code, answer.message.as_deref()) {
@@ -268,7 +270,7 @@ mod tests {
     }
 
     fn code(status: u16, body: &str) -> CarrierError {
-        classify(StatusCode::from_u16(status).expect("status"), body.as_bytes(), None)
+        classify_error(StatusCode::from_u16(status).expect("status"), body.as_bytes(), None)
     }
 
     /// The signature example from Twilio's helper-library test suite
@@ -343,13 +345,16 @@ mod tests {
         let wait = Some(Duration::from_secs(7));
         let body = br#"{"code": 20429, "message": "Too Many Requests", "status": 429}"#;
         assert_eq!(
-            classify(StatusCode::TOO_MANY_REQUESTS, body, wait),
+            classify_error(StatusCode::TOO_MANY_REQUESTS, body, wait),
             CarrierError::Retryable { reason: "twilio 20429: Too Many Requests".into(), retry_after: wait }
         );
         let body = br#"{"code": 21211, "message": "The 'To' number +14155550123 is not a valid phone number.", "status": 400}"#;
-        let reason = classify(StatusCode::BAD_REQUEST, body, None).to_string();
+        let reason = classify_error(StatusCode::BAD_REQUEST, body, None).to_string();
         assert!(!reason.contains("4155550123"), "{reason}");
-        assert_eq!(classify(StatusCode::BAD_GATEWAY, b"", None).to_string(), "retryable: twilio HTTP 502 Bad Gateway");
+        assert_eq!(
+            classify_error(StatusCode::BAD_GATEWAY, b"", None).to_string(),
+            "retryable: twilio HTTP 502 Bad Gateway"
+        );
     }
 
     fn callback(params: &[(&str, &str)]) -> (Vec<u8>, String) {

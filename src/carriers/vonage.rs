@@ -9,6 +9,7 @@
 //! `Retry-After`); every other non-zero status is permanent.
 
 use crate::broker::BoxFuture;
+use crate::carriers::Reply;
 use crate::carriers::util::{http_url, non_empty};
 use crate::carriers::{
     Accepted, Callback, Carrier, CarrierConfigError, CarrierError, CarrierKind, Receipt, ReceiptError, ReceiptStatus,
@@ -20,7 +21,7 @@ use hmac::{Hmac, Mac};
 use reqwest::StatusCode;
 use serde::Deserialize;
 use sha2::Sha256;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 const KIND: CarrierKind = CarrierKind::Vonage;
 /// This carrier's name, as routes, metrics and receipts say it.
@@ -167,7 +168,7 @@ impl Carrier for Vonage {
                 self.client.post(self.url.clone()).header(reqwest::header::ACCEPT, "application/json").form(&params),
             )
             .await?;
-            let accepted = classify(reply.status, &reply.body, reply.retry_after).map_err(|e| e.scrub(&sms.code))?;
+            let accepted = classify(&reply).map_err(|e| e.scrub(&sms.code))?;
             tracing::debug!(
                 to = %mask(&sms.to),
                 message_id = accepted.carrier_message_id.as_deref().unwrap_or("-"),
@@ -204,7 +205,8 @@ pub fn is_gsm7(text: &str) -> bool {
 /// (`{"message-count","messages":[{"status","message-id","error-text",…}]}`):
 /// accepted when every part has status `0` (the first part's `message-id`
 /// becomes `carrier_message_id`); otherwise the first failed part decides.
-pub fn classify(status: StatusCode, body: &[u8], retry_after: Option<Duration>) -> Result<Accepted, CarrierError> {
+pub fn classify(reply: &Reply) -> Result<Accepted, CarrierError> {
+    let (status, body, retry_after) = (reply.status, reply.body.as_slice(), reply.retry_after);
     if status == StatusCode::TOO_MANY_REQUESTS || status.is_server_error() {
         return Err(CarrierError::Retryable { reason: format!("vonage HTTP {status}"), retry_after });
     }
@@ -289,6 +291,7 @@ pub fn receipt(config: &VonageConfig, params: &[(String, String)]) -> Result<Rec
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     fn config() -> VonageConfig {
         VonageConfig {
@@ -302,7 +305,7 @@ mod tests {
     }
 
     fn answer(status: u16, body: &str) -> Result<Accepted, CarrierError> {
-        classify(StatusCode::from_u16(status).expect("status"), body.as_bytes(), None)
+        classify(&Reply::new(StatusCode::from_u16(status).expect("status"), body.as_bytes()))
     }
 
     fn one(status: &str, error_text: &str) -> String {
@@ -351,7 +354,7 @@ mod tests {
     fn http_errors_and_multipart_answers() {
         let wait = Some(Duration::from_secs(2));
         assert_eq!(
-            classify(StatusCode::TOO_MANY_REQUESTS, b"", wait),
+            classify(&Reply::new(StatusCode::TOO_MANY_REQUESTS, b"").retry_after(wait)),
             Err(CarrierError::Retryable { reason: "vonage HTTP 429 Too Many Requests".into(), retry_after: wait })
         );
         assert!(answer(502, "").expect_err("502").is_retryable());

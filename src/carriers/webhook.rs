@@ -4,11 +4,11 @@
 //! any other status is permanent. Network errors and timeouts are retryable.
 
 use crate::broker::BoxFuture;
+use crate::carriers::Reply;
 use crate::carriers::{Accepted, Carrier, CarrierConfigError, CarrierError, CarrierKind, Sms, exchange};
 use crate::config::WebhookConfig;
 use reqwest::StatusCode;
 use serde::Serialize;
-use std::time::Duration;
 
 const KIND: CarrierKind = CarrierKind::Webhook;
 /// This carrier's name, as routes, metrics and receipts say it.
@@ -49,10 +49,13 @@ impl Webhook {
     }
 }
 
-/// Classifies an HTTP status per the contract.
-pub fn classify(status: StatusCode, retry_after: Option<Duration>) -> Result<(), CarrierError> {
+/// Classifies an answer per the contract: any 2xx is accepted (an `id` in a
+/// JSON answer is kept); 429 and 5xx are retryable; other 4xx permanent.
+pub fn classify(reply: &Reply) -> Result<Accepted, CarrierError> {
+    let (status, retry_after) = (reply.status, reply.retry_after);
     if status.is_success() {
-        Ok(())
+        let id = serde_json::from_slice::<Answer>(&reply.body).ok().and_then(|a| a.id);
+        Ok(Accepted { carrier_message_id: id })
     } else if status == StatusCode::TOO_MANY_REQUESTS || status.is_server_error() {
         Err(CarrierError::Retryable { reason: format!("HTTP {status}"), retry_after })
     } else {
@@ -73,11 +76,7 @@ impl Carrier for Webhook {
             if let Some(token) = &self.token {
                 request = request.bearer_auth(token);
             }
-            let reply = exchange(request).await?;
-            classify(reply.status, reply.retry_after)?;
-            // Any 2xx is accepted; an id in a JSON answer is kept if present.
-            let id = serde_json::from_slice::<Answer>(&reply.body).ok().and_then(|a| a.id);
-            Ok(Accepted { carrier_message_id: id })
+            classify(&exchange(request).await?)
         })
     }
 }
@@ -88,13 +87,13 @@ mod tests {
 
     #[test]
     fn statuses_are_classified_per_the_contract() {
-        assert!(classify(StatusCode::OK, None).is_ok());
-        assert!(classify(StatusCode::ACCEPTED, None).is_ok());
+        assert!(classify(&Reply::new(StatusCode::OK, b"")).is_ok());
+        assert!(classify(&Reply::new(StatusCode::ACCEPTED, b"")).is_ok());
         for s in [429, 500, 502, 503, 504] {
-            assert!(classify(StatusCode::from_u16(s).unwrap(), None).unwrap_err().is_retryable(), "{s}");
+            assert!(classify(&Reply::new(StatusCode::from_u16(s).unwrap(), b"")).unwrap_err().is_retryable(), "{s}");
         }
         for s in [400, 401, 403, 404, 422] {
-            assert!(!classify(StatusCode::from_u16(s).unwrap(), None).unwrap_err().is_retryable(), "{s}");
+            assert!(!classify(&Reply::new(StatusCode::from_u16(s).unwrap(), b"")).unwrap_err().is_retryable(), "{s}");
         }
     }
 
