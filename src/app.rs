@@ -3,7 +3,7 @@
 //! same way (tests bind port 0 and read the address back).
 
 use crate::broker::{Broker, Subscription};
-use crate::config::{Config, ConfigError};
+use crate::config::{Config, ConfigError, Secret};
 use crate::domain::{Clock, TemplateError, Templates};
 use crate::generator::{BrokerOutbox, Generator, Policy, RequestHandler, StatusHandler};
 use crate::http::{self, ApiKeys, ApiState, Gate};
@@ -112,7 +112,11 @@ impl GeneratorApp {
         let metrics = telemetry::metrics();
         let data_dir = config.store.data_dir.clone();
         secrets::ensure_data_dir(&data_dir)?;
-        let key = secrets::key_ring(config.store.hmac_key.as_deref(), &config.store.previous_hmac_keys, &data_dir)?;
+        let key = secrets::key_ring(
+            config.store.hmac_key.as_ref().map(Secret::expose),
+            &config.store.previous_hmac_keys,
+            &data_dir,
+        )?;
         let (keys, created_api_key) = secrets::api_keys(&config.http.api_keys, &data_dir)?;
         let addr = config.http.listen;
         let listener = TcpListener::bind(addr).await.map_err(|source| AppError::Http { addr, source })?;

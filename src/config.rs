@@ -4,6 +4,7 @@
 use crate::domain::{CodeLength, Limits};
 use figment::Figment;
 use figment::providers::{Env, Format, Serialized, Toml};
+use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -70,12 +71,12 @@ pub struct BrokerConfig {
     /// The key that seals internal messages (hex, at least 64 hex digits),
     /// the same in every process of a deployment. Unset: read from
     /// `internal_key_file`, created by the first process that starts.
-    pub internal_key: Option<String>,
+    pub internal_key: Option<Secret>,
     /// Where the sealing key lives when `internal_key` is unset
     /// (default `<store.data_dir>/internal.key`).
     pub internal_key_file: Option<PathBuf>,
     /// Retired sealing keys (hex) whose seals are still accepted.
-    pub previous_internal_keys: Vec<String>,
+    pub previous_internal_keys: Vec<Secret>,
 }
 
 impl Default for BrokerConfig {
@@ -91,6 +92,49 @@ impl Default for BrokerConfig {
             internal_key_file: None,
             previous_internal_keys: Vec::new(),
         }
+    }
+}
+
+/// A configured secret (a key, a token, a carrier's password): `Debug`
+/// prints `<redacted>`, serializing writes `<redacted>`, and only
+/// [`Secret::expose`] gives the value, to the code that uses it.
+#[derive(Clone, Default, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(SecretString);
+
+impl Secret {
+    /// The secret's text.
+    pub fn expose(&self) -> &str {
+        self.0.expose_secret()
+    }
+
+    /// Whether it is empty (or only blanks).
+    pub fn is_blank(&self) -> bool {
+        self.expose().trim().is_empty()
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+impl Serialize for Secret {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str("<redacted>")
+    }
+}
+
+impl From<&str> for Secret {
+    fn from(value: &str) -> Self {
+        Self(value.into())
+    }
+}
+
+impl From<String> for Secret {
+    fn from(value: String) -> Self {
+        Self(value.into())
     }
 }
 
@@ -122,10 +166,10 @@ pub struct StoreConfig {
     pub data_dir: PathBuf,
     /// The HMAC key for code digests, hex (at least 64 hex digits). If unset,
     /// it is read from `<data_dir>/hmac.key`, created on first start (mode 0600).
-    pub hmac_key: Option<String>,
+    pub hmac_key: Option<Secret>,
     /// Retired HMAC keys (hex). Codes issued under them keep verifying until
     /// they expire; drop a key from this list once its codes have (`ttl_secs` ≤ 1 h).
-    pub previous_hmac_keys: Vec<String>,
+    pub previous_hmac_keys: Vec<Secret>,
     /// How often the sweeper removes expired codes and stale records, seconds.
     pub sweep_interval_secs: u64,
     /// How long a finished request's record is kept (for `GET /v1/otp/{id}`
@@ -431,7 +475,7 @@ pub struct CarriersConfig {
 }
 
 /// Twilio Programmable Messaging.
-#[derive(Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TwilioConfig {
     /// API base URL (tests point it at loopback).
@@ -441,13 +485,13 @@ pub struct TwilioConfig {
     pub account_sid: String,
     /// Auth token: basic-auth password (without an API key) and the key that
     /// checks `X-Twilio-Signature` on status callbacks.
-    pub auth_token: String,
+    pub auth_token: Secret,
     /// API key SID (`SK…`), to authenticate with an API key instead of the auth token.
     #[serde(default)]
     pub api_key_sid: Option<String>,
     /// API key secret.
     #[serde(default)]
-    pub api_key_secret: Option<String>,
+    pub api_key_secret: Option<Secret>,
     /// Sender number (E.164) or alphanumeric id; or use `messaging_service_sid`.
     #[serde(default)]
     pub from: Option<String>,
@@ -488,14 +532,14 @@ impl TwilioConfig {
 }
 
 /// MSG91 v5 flow API (India requires a DLT-registered template).
-#[derive(Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Msg91Config {
     /// API base URL.
     #[serde(default = "Msg91Config::default_base_url")]
     pub base_url: String,
     /// The `authkey` header.
-    pub authkey: String,
+    pub authkey: Secret,
     /// The flow/DLT template id.
     pub template_id: String,
     /// Template variable that receives the code (`##otp##` in the template → `otp`).
@@ -503,7 +547,7 @@ pub struct Msg91Config {
     pub code_variable: String,
     /// Secret expected as `?token=` on `/receipts/msg91` (the DLR webhook URL set in MSG91's panel).
     #[serde(default)]
-    pub receipt_token: Option<String>,
+    pub receipt_token: Option<Secret>,
     /// Per-request timeout, milliseconds.
     #[serde(default = "default_timeout_ms")]
     pub timeout_ms: u64,
@@ -532,7 +576,7 @@ impl Msg91Config {
 }
 
 /// Vonage SMS API.
-#[derive(Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct VonageConfig {
     /// API base URL.
@@ -542,12 +586,12 @@ pub struct VonageConfig {
     pub api_key: String,
     /// `api_secret` (or sign requests with `signature_secret`).
     #[serde(default)]
-    pub api_secret: Option<String>,
+    pub api_secret: Option<Secret>,
     /// Signature secret: requests are signed (`sig`, HMAC-SHA-256) instead of
     /// sending `api_secret`. Set the account's signing method to "SHA-256 HMAC"
     /// in Vonage's dashboard.
     #[serde(default)]
-    pub signature_secret: Option<String>,
+    pub signature_secret: Option<Secret>,
     /// Sender id or number.
     pub from: String,
     /// Public URL of this sender's `/receipts/vonage`, sent as `callback`
@@ -556,7 +600,7 @@ pub struct VonageConfig {
     pub callback: Option<String>,
     /// Secret expected as `?token=` on `/receipts/vonage` (append it to `callback`).
     #[serde(default)]
-    pub receipt_token: Option<String>,
+    pub receipt_token: Option<Secret>,
     /// Per-request timeout, milliseconds.
     #[serde(default = "default_timeout_ms")]
     pub timeout_ms: u64,
@@ -587,39 +631,14 @@ fn default_timeout_ms() -> u64 {
     10_000
 }
 
-macro_rules! redacted_debug {
-    ($ty:ty, [$($field:ident),*], [$($secret:ident),*]) => {
-        impl std::fmt::Debug for $ty {
-            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                f.debug_struct(stringify!($ty))
-                    $(.field(stringify!($field), &self.$field))*
-                    $(.field(stringify!($secret), &"<redacted>"))*
-                    .finish()
-            }
-        }
-    };
-}
-
-redacted_debug!(
-    TwilioConfig,
-    [base_url, account_sid, api_key_sid, from, messaging_service_sid, status_callback, timeout_ms],
-    [auth_token, api_key_secret]
-);
-redacted_debug!(Msg91Config, [base_url, template_id, code_variable, timeout_ms], [authkey, receipt_token]);
-redacted_debug!(
-    VonageConfig,
-    [base_url, api_key, from, callback, timeout_ms],
-    [api_secret, signature_secret, receipt_token]
-);
-
 /// The generic webhook carrier: POSTs JSON to `url`.
-#[derive(Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct WebhookConfig {
     /// Where to POST.
     pub url: String,
     /// Optional bearer token sent as `Authorization: Bearer …`.
-    pub token: Option<String>,
+    pub token: Option<Secret>,
     /// Per-request timeout, milliseconds.
     pub timeout_ms: u64,
 }
@@ -627,16 +646,6 @@ pub struct WebhookConfig {
 impl Default for WebhookConfig {
     fn default() -> Self {
         Self { url: "http://127.0.0.1:9099/sms".into(), token: None, timeout_ms: 5_000 }
-    }
-}
-
-impl std::fmt::Debug for WebhookConfig {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("WebhookConfig")
-            .field("url", &self.url)
-            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
-            .field("timeout_ms", &self.timeout_ms)
-            .finish()
     }
 }
 
@@ -813,8 +822,8 @@ mod tests {
             let c = Config::load(None).map_err(|e| e.to_string())?;
             let twilio = c.carriers.twilio.expect("the section from the environment");
             assert_eq!((twilio.from.as_deref(), twilio.account_sid.as_str()), (Some("+15005550006"), "1234567890"));
-            assert_eq!(c.carriers.webhook.token.as_deref(), Some("true"));
-            assert_eq!(twilio.auth_token, "0123", "leading zeros kept");
+            assert_eq!(c.carriers.webhook.token.as_ref().map(Secret::expose), Some("true"));
+            assert_eq!(twilio.auth_token.expose(), "0123", "leading zeros kept");
             assert_eq!((c.broker.prefetch, c.http.rate_per_key_per_sec), (32, 0));
             assert_eq!(c.routing.default.len(), 2);
             Ok(())
@@ -836,6 +845,20 @@ mod tests {
             assert!(matches!(Config::load(Some(Path::new("nope.toml"))), Err(ConfigError::Missing(_))));
             Ok(())
         });
+    }
+
+    #[test]
+    fn secrets_never_show_in_debug_or_serialized_output() {
+        let mut config = Config::default();
+        config.store.hmac_key = Some("ab".repeat(32).into());
+        config.carriers.twilio = Some(TwilioConfig::sandbox("http://127.0.0.1:1", "twilio-token-secret-1"));
+        config.carriers.webhook.token = Some("webhook-token-secret-2".into());
+        let shown = format!("{config:?}{}", serde_json::to_string(&config).unwrap());
+        for secret in ["abababab", "twilio-token-secret-1", "webhook-token-secret-2"] {
+            assert!(!shown.contains(secret), "{secret} shown");
+        }
+        assert!(shown.contains("<redacted>"));
+        assert_eq!(config.carriers.twilio.unwrap().auth_token.expose(), "twilio-token-secret-1");
     }
 
     #[test]

@@ -2,7 +2,7 @@
 //! key that seals internal messages and the HTTP API keys. Either comes from configuration, or from a file in the data
 //! directory that is created (mode 0600) on first start.
 
-use crate::config::BrokerConfig;
+use crate::config::{BrokerConfig, Secret};
 use crate::domain::{DigestKey, KeyRing, SealKey, SealRing};
 use rand::RngCore;
 use std::collections::BTreeMap;
@@ -104,13 +104,13 @@ pub fn hmac_key(configured: Option<&str>, data_dir: &Path) -> Result<DigestKey, 
 
 /// The key ring: the current key (see [`hmac_key`]) and the retired keys in
 /// `previous` (hex), which keep verifying codes issued before a rotation.
-pub fn key_ring(configured: Option<&str>, previous: &[String], data_dir: &Path) -> Result<KeyRing, SecretError> {
+pub fn key_ring(configured: Option<&str>, previous: &[Secret], data_dir: &Path) -> Result<KeyRing, SecretError> {
     let current = hmac_key(configured, data_dir)?;
     let previous = previous
         .iter()
         .enumerate()
         .map(|(i, hex_key)| {
-            let bytes = hex::decode(hex_key.trim())
+            let bytes = hex::decode(hex_key.expose().trim())
                 .map_err(|e| SecretError::Invalid(format!("store.previous_hmac_keys[{i}]: not hex: {e}")))?;
             DigestKey::new(bytes).map_err(|e| SecretError::Invalid(format!("store.previous_hmac_keys[{i}]: {e}")))
         })
@@ -123,7 +123,7 @@ pub fn key_ring(configured: Option<&str>, previous: &[String], data_dir: &Path) 
 /// `<data_dir>/internal.key`), created if missing; plus the retired keys.
 pub fn seal_ring(config: &BrokerConfig, data_dir: &Path) -> Result<SealRing, SecretError> {
     let (hex_key, source) = match &config.internal_key {
-        Some(k) => (k.trim().to_owned(), "broker.internal_key".to_owned()),
+        Some(k) => (k.expose().trim().to_owned(), "broker.internal_key".to_owned()),
         None => {
             let path = config.internal_key_file.clone().unwrap_or_else(|| data_dir.join("internal.key"));
             read_or_create(&path)?;
@@ -140,7 +140,7 @@ pub fn seal_ring(config: &BrokerConfig, data_dir: &Path) -> Result<SealRing, Sec
         .previous_internal_keys
         .iter()
         .enumerate()
-        .map(|(i, k)| key(k.trim(), &format!("broker.previous_internal_keys[{i}]")))
+        .map(|(i, k)| key(k.expose().trim(), &format!("broker.previous_internal_keys[{i}]")))
         .collect::<Result<Vec<_>, _>>()?;
     Ok(SealRing::new(current, previous))
 }
@@ -296,9 +296,9 @@ mod tests {
         let path = dir.path().join("internal.key");
         assert_eq!(fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
         assert_eq!(files(dir.path()), ["internal.key"]);
-        let configured = BrokerConfig { internal_key: Some("ab".repeat(32)), ..Default::default() };
+        let configured = BrokerConfig { internal_key: Some("ab".repeat(32).into()), ..Default::default() };
         assert_ne!(seal_ring(&configured, dir.path()).unwrap().id(), a.id());
-        let short = BrokerConfig { internal_key: Some("ab".repeat(8)), ..Default::default() };
+        let short = BrokerConfig { internal_key: Some("ab".repeat(8).into()), ..Default::default() };
         assert!(seal_ring(&short, dir.path()).is_err());
     }
 

@@ -60,7 +60,7 @@ impl Msg91 {
             .map_err(|()| invalid("base_url cannot be a base"))?
             .pop_if_empty()
             .extend(["api", "v5", "flow", ""]);
-        let mut authkey = HeaderValue::from_str(config.authkey.trim())
+        let mut authkey = HeaderValue::from_str(config.authkey.expose().trim())
             .ok()
             .filter(|value| !value.is_empty())
             .ok_or_else(|| invalid("authkey is required (printable ASCII)"))?;
@@ -179,7 +179,7 @@ pub fn classify(reply: &Reply) -> Result<Accepted, CarrierError> {
 /// rejected and `17` blocked are undelivered; anything else is pending.
 pub fn receipts(config: &Msg91Config, token: Option<&str>, body: &[u8]) -> Result<Vec<Receipt>, ReceiptError> {
     let expected =
-        config.receipt_token.as_deref().filter(|t| !t.is_empty()).ok_or(ReceiptError::NotConfigured(NAME))?;
+        crate::carriers::util::non_empty_secret(&config.receipt_token).ok_or(ReceiptError::NotConfigured(NAME))?;
     if !token_matches(token, expected) {
         return Err(ReceiptError::Forbidden("wrong or missing token".into()));
     }
@@ -408,7 +408,7 @@ mod tests {
         assert!(Msg91::new(&config()).is_ok());
         for bad in [
             Msg91Config { base_url: "control.msg91.com".into(), ..config() },
-            Msg91Config { authkey: String::new(), ..config() },
+            Msg91Config { authkey: String::new().into(), ..config() },
             Msg91Config { authkey: "bad\nkey".into(), ..config() },
             Msg91Config { template_id: " ".into(), ..config() },
             Msg91Config { code_variable: "mobiles".into(), ..config() },

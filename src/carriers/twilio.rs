@@ -9,7 +9,7 @@
 
 use crate::broker::BoxFuture;
 use crate::carriers::Reply;
-use crate::carriers::util::{http_url, non_empty, short};
+use crate::carriers::util::{http_url, non_empty, non_empty_secret, short};
 use crate::carriers::{
     Accepted, Callback, Carrier, CarrierConfigError, CarrierError, CarrierKind, Receipt, ReceiptError, ReceiptStatus,
     Receipts, Sms, exchange, token_matches,
@@ -101,7 +101,7 @@ impl Twilio {
         if account_sid.is_empty() || !account_sid.bytes().all(|b| b.is_ascii_alphanumeric()) {
             return Err(invalid("account_sid must be the account's SID (AC…)"));
         }
-        if config.auth_token.is_empty() {
+        if config.auth_token.is_blank() {
             return Err(invalid("auth_token is required"));
         }
         url.path_segments_mut().map_err(|()| invalid("base_url cannot be a base"))?.pop_if_empty().extend([
@@ -115,9 +115,9 @@ impl Twilio {
             (None, Some(service)) => Sender::Service(service.to_owned()),
             _ => return Err(invalid("set exactly one of from and messaging_service_sid")),
         };
-        let (user, password) = match (non_empty(&config.api_key_sid), non_empty(&config.api_key_secret)) {
+        let (user, password) = match (non_empty(&config.api_key_sid), non_empty_secret(&config.api_key_secret)) {
             (Some(key), Some(secret)) => (key.to_owned(), secret.to_owned()),
-            (None, None) => (account_sid.to_owned(), config.auth_token.clone()),
+            (None, None) => (account_sid.to_owned(), config.auth_token.expose().to_owned()),
             _ => return Err(invalid("api_key_sid and api_key_secret go together")),
         };
         let status_callback = match non_empty(&config.status_callback) {
@@ -228,7 +228,7 @@ pub fn receipt(
 ) -> Result<Receipt, ReceiptError> {
     let params: Vec<(String, String)> =
         serde_urlencoded::from_bytes(form_body).map_err(|_| ReceiptError::Forbidden("unreadable body".into()))?;
-    let expected = signature(&config.auth_token, url, &params);
+    let expected = signature(config.auth_token.expose(), url, &params);
     if signature_header.is_none() {
         return Err(ReceiptError::Forbidden("missing X-Twilio-Signature".into()));
     }
@@ -362,7 +362,7 @@ mod tests {
         let body = serde_urlencoded::to_string(&owned).expect("form");
         let config = config();
         let url = config.status_callback.as_deref().expect("callback");
-        (body.into_bytes(), signature(&config.auth_token, url, &owned))
+        (body.into_bytes(), signature(config.auth_token.expose(), url, &owned))
     }
 
     #[test]

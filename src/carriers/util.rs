@@ -10,6 +10,11 @@ pub fn non_empty(value: &Option<String>) -> Option<&str> {
     value.as_deref().map(str::trim).filter(|v| !v.is_empty())
 }
 
+/// An optional secret, empty counting as unset.
+pub fn non_empty_secret(value: &Option<crate::config::Secret>) -> Option<&str> {
+    value.as_ref().map(|s| s.expose().trim()).filter(|v| !v.is_empty())
+}
+
 /// Keeps carrier texts in error reasons short (200 characters).
 pub fn short(text: &str) -> String {
     text.chars().take(200).collect()

@@ -10,7 +10,7 @@
 
 use crate::broker::BoxFuture;
 use crate::carriers::Reply;
-use crate::carriers::util::{http_url, non_empty};
+use crate::carriers::util::{http_url, non_empty, non_empty_secret};
 use crate::carriers::{
     Accepted, Callback, Carrier, CarrierConfigError, CarrierError, CarrierKind, Receipt, ReceiptError, ReceiptStatus,
     Receipts, Sms, exchange, token_matches,
@@ -90,7 +90,7 @@ impl Vonage {
         if api_key.is_empty() {
             return Err(invalid("api_key is required"));
         }
-        let auth = match (non_empty(&config.signature_secret), non_empty(&config.api_secret)) {
+        let auth = match (non_empty_secret(&config.signature_secret), non_empty_secret(&config.api_secret)) {
             (Some(secret), _) => Auth::Signed(secret.to_owned()),
             (None, Some(secret)) => Auth::Secret(secret.to_owned()),
             (None, None) => return Err(invalid("set api_secret or signature_secret")),
@@ -269,8 +269,7 @@ fn callback_params(callback: &Callback<'_>) -> Result<Vec<(String, String)>, Rec
 /// `expired`, `failed` and `rejected` are undelivered (error: `err-code`);
 /// `accepted`, `buffered`, `unknown` and anything else are pending.
 pub fn receipt(config: &VonageConfig, params: &[(String, String)]) -> Result<Receipt, ReceiptError> {
-    let expected =
-        config.receipt_token.as_deref().filter(|t| !t.is_empty()).ok_or(ReceiptError::NotConfigured(NAME))?;
+    let expected = non_empty_secret(&config.receipt_token).ok_or(ReceiptError::NotConfigured(NAME))?;
     let param = |name: &str| {
         params.iter().find(|(key, _)| key == name).map(|(_, value)| value.trim()).filter(|v| !v.is_empty())
     };

@@ -19,7 +19,7 @@ const NAME: &str = KIND.as_str();
 pub struct Webhook {
     client: reqwest::Client,
     url: reqwest::Url,
-    token: Option<String>,
+    token: Option<crate::config::Secret>,
 }
 
 #[derive(Serialize)]
@@ -74,7 +74,7 @@ impl Carrier for Webhook {
                 Body { to: &sms.to, text: &sms.text, request_id: &sms.request_id, delivery_id: &sms.delivery_id };
             let mut request = self.client.post(self.url.clone()).json(&body);
             if let Some(token) = &self.token {
-                request = request.bearer_auth(token);
+                request = request.bearer_auth(token.expose());
             }
             classify(&exchange(request).await?)
         })
