@@ -232,7 +232,7 @@ impl GeneratorApp {
 /// disk or the network.
 pub fn check_generator(config: &Config) -> Result<Policy, AppError> {
     config.check_shards(true)?;
-    if config.http.admin_api_keys.iter().any(|k| k.trim().len() < secrets::MIN_API_KEY_LEN) {
+    if config.http.admin_api_keys.iter().any(|k| k.expose().trim().len() < secrets::MIN_API_KEY_LEN) {
         let detail = format!("http.admin_api_keys must be at least {} characters each", secrets::MIN_API_KEY_LEN);
         return Err(SecretError::Invalid(detail).into());
     }

@@ -126,6 +126,12 @@ impl Serialize for Secret {
     }
 }
 
+impl AsRef<str> for Secret {
+    fn as_ref(&self) -> &str {
+        self.expose()
+    }
+}
+
 impl From<&str> for Secret {
     fn from(value: &str) -> Self {
         Self(value.into())
@@ -262,15 +268,15 @@ pub struct HttpConfig {
     pub listen: SocketAddr,
     /// Accepted bearer keys. If empty, keys are read from `<data_dir>/api_keys`
     /// (one per line), created with one random key on first start.
-    pub api_keys: Vec<String>,
+    pub api_keys: Vec<Secret>,
     /// Keys scoped to one application each (application name → its keys):
     /// such a key sees only the requests made with its application's keys.
-    pub scoped_api_keys: BTreeMap<String, Vec<String>>,
+    pub scoped_api_keys: BTreeMap<String, Vec<Secret>>,
     /// Largest request body accepted, bytes.
     pub max_body_bytes: usize,
     /// Keys of the operator routes (`/v1/admin/*`: list and lift quarantines),
     /// separate from the applications' keys. Empty: those routes answer 401.
-    pub admin_api_keys: Vec<String>,
+    pub admin_api_keys: Vec<Secret>,
     /// Requests per second per API key on `/v1` routes (token bucket); 0 = unlimited.
     pub rate_per_key_per_sec: u32,
     /// Burst per API key.
@@ -803,7 +809,7 @@ mod tests {
             let c = Config::load(Some(Path::new("c.toml"))).map_err(|e| e.to_string())?;
             assert_eq!(c.broker.prefix, "from-env.");
             assert_eq!(c.http.listen.port(), 1);
-            assert_eq!(c.http.scoped_api_keys["billing"], ["billing-key-0123456789"]);
+            assert_eq!(c.http.scoped_api_keys["billing"][0].expose(), "billing-key-0123456789");
             Ok(())
         });
     }

@@ -176,8 +176,11 @@ pub const MIN_API_KEY_LEN: usize = 16;
 /// Checks `http.scoped_api_keys`: application names of 1–64 letters, digits,
 /// `.`, `_` or `-`; keys of at least [`MIN_API_KEY_LEN`] characters, none
 /// also unscoped (in `unscoped`) or given to two applications.
-pub fn check_scoped_keys(scoped: &BTreeMap<String, Vec<String>>, unscoped: &[String]) -> Result<(), SecretError> {
-    let mut seen: std::collections::HashSet<&str> = unscoped.iter().map(String::as_str).collect();
+pub fn check_scoped_keys<S: AsRef<str>>(
+    scoped: &BTreeMap<String, Vec<Secret>>,
+    unscoped: &[S],
+) -> Result<(), SecretError> {
+    let mut seen: std::collections::HashSet<&str> = unscoped.iter().map(|k| k.as_ref().trim()).collect();
     for (app, keys) in scoped {
         let name_ok = (1..=64).contains(&app.len())
             && app.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
@@ -187,12 +190,12 @@ pub fn check_scoped_keys(scoped: &BTreeMap<String, Vec<String>>, unscoped: &[Str
             )));
         }
         for key in keys {
-            if key.trim().len() < MIN_API_KEY_LEN {
+            if key.expose().trim().len() < MIN_API_KEY_LEN {
                 return Err(SecretError::Invalid(format!(
                     "http.scoped_api_keys.{app}: keys must be at least {MIN_API_KEY_LEN} characters"
                 )));
             }
-            if !seen.insert(key.trim()) {
+            if !seen.insert(key.expose().trim()) {
                 return Err(SecretError::Invalid(format!(
                     "http.scoped_api_keys.{app}: a key is also another application's or unscoped"
                 )));
@@ -205,7 +208,7 @@ pub fn check_scoped_keys(scoped: &BTreeMap<String, Vec<String>>, unscoped: &[Str
 /// API keys: `configured` if not empty, else the lines of `<data_dir>/api_keys`.
 /// If that file does not exist it is created with one random key, which is
 /// returned as the second value so the caller can show it once.
-pub fn api_keys(configured: &[String], data_dir: &Path) -> Result<(Vec<String>, Option<String>), SecretError> {
+pub fn api_keys(configured: &[Secret], data_dir: &Path) -> Result<(Vec<String>, Option<String>), SecretError> {
     let mut created = None;
     let keys: Vec<String> = if configured.is_empty() {
         let path = data_dir.join("api_keys");
@@ -223,7 +226,7 @@ pub fn api_keys(configured: &[String], data_dir: &Path) -> Result<(Vec<String>, 
             .map(str::to_owned)
             .collect()
     } else {
-        configured.iter().map(|k| k.trim().to_owned()).collect()
+        configured.iter().map(|k| k.expose().trim().to_owned()).collect()
     };
     if keys.is_empty() {
         return Err(SecretError::Invalid("no API key configured: the HTTP API would be closed to everyone".into()));
@@ -308,7 +311,7 @@ mod tests {
 
     #[test]
     fn scoped_keys_need_good_names_long_keys_and_no_key_twice() {
-        let scoped = |app: &str, key: &str| BTreeMap::from([(app.to_owned(), vec![key.to_owned()])]);
+        let scoped = |app: &str, key: &str| BTreeMap::from([(app.to_owned(), vec![Secret::from(key)])]);
         let unscoped = vec!["unscoped-key-0123456789".to_owned()];
         assert!(check_scoped_keys(&scoped("billing", "billing-key-0123456789"), &unscoped).is_ok());
         assert!(check_scoped_keys(&scoped("bill ing", "billing-key-0123456789"), &unscoped).is_err());

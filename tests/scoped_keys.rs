@@ -38,7 +38,7 @@ async fn wait_status(env: &TestEnv, request_id: &str, key: &str) -> Value {
 async fn a_scoped_key_sees_only_its_applications_requests() {
     let env = TestEnv::start_with(|config, _| {
         config.http.scoped_api_keys =
-            [("billing".to_owned(), vec![BILLING.to_owned()]), ("shop".to_owned(), vec![SHOP.to_owned()])].into();
+            [("billing".to_owned(), vec![BILLING.into()]), ("shop".to_owned(), vec![SHOP.into()])].into();
     })
     .await;
     env.accept_sms().await;

@@ -46,13 +46,13 @@ fn entries<S: AsRef<str>>(keys: &[S], scoped: &ScopedKeys) -> Vec<([u8; 32], Cal
     let unscoped = keys.iter().map(|k| (digest(k.as_ref()), Caller::default()));
     let scoped = scoped.iter().flat_map(|(app, keys)| {
         let caller = Caller { app: Some(Arc::from(app.as_str())) };
-        keys.iter().map(move |k| (digest(k), caller.clone()))
+        keys.iter().map(move |k| (digest(k.expose()), caller.clone()))
     });
     unscoped.chain(scoped).collect()
 }
 
 /// Application name → its keys (`http.scoped_api_keys`).
-pub type ScopedKeys = std::collections::BTreeMap<String, Vec<String>>;
+pub type ScopedKeys = std::collections::BTreeMap<String, Vec<crate::config::Secret>>;
 
 impl ApiKeys {
     /// From the plaintext keys, all unscoped.
@@ -172,8 +172,8 @@ mod tests {
     #[test]
     fn a_scoped_key_names_its_application_and_sees_only_its_requests() {
         let scoped = ScopedKeys::from([
-            ("billing".to_owned(), vec!["billing-key-0123456789".to_owned()]),
-            ("shop".to_owned(), vec!["shop-key-0123456789ab".to_owned(), "shop-key-2-0123456789".to_owned()]),
+            ("billing".to_owned(), vec!["billing-key-0123456789".into()]),
+            ("shop".to_owned(), vec!["shop-key-0123456789ab".into(), "shop-key-2-0123456789".into()]),
         ]);
         let keys = ApiKeys::with_scopes(&["admin-app-0123456789"], &scoped);
         let app = |key: &str| keys.identify(key).map(|c| c.app.map(|a| a.to_string()));

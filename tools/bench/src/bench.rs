@@ -1085,7 +1085,7 @@ fn in_process_config(base: &Config, primary: &Carrier, failover: &Carrier) -> In
     config.broker.queue_expires_ms = Some(600_000);
     config.store.data_dir = dir.clone();
     config.http.listen = ([127, 0, 0, 1], 0).into();
-    config.http.api_keys = vec![api_key.clone()];
+    config.http.api_keys = vec![api_key.clone().into()];
     // One key, many numbers under few prefixes: the limits a load run would trip.
     config.http.rate_per_key_per_sec = 0;
     config.limits.send.resend_cooldown_secs = 0;
