@@ -178,8 +178,12 @@ pub fn classify(reply: &Reply) -> Result<Accepted, CarrierError> {
 /// or in an array. Status `1` is delivered; `2` failed, `9` NDNC, `16`/`25`
 /// rejected and `17` blocked are undelivered; anything else is pending.
 pub fn receipts(config: &Msg91Config, token: Option<&str>, body: &[u8]) -> Result<Vec<Receipt>, ReceiptError> {
-    let expected =
-        crate::carriers::util::non_empty_secret(&config.receipt_token).ok_or(ReceiptError::NotConfigured(NAME))?;
+    let expected = config
+        .receipt_token
+        .as_ref()
+        .map(crate::config::Secret::expose)
+        .filter(|t| !t.is_empty())
+        .ok_or(ReceiptError::NotConfigured(NAME))?;
     if !token_matches(token, expected) {
         return Err(ReceiptError::Forbidden("wrong or missing token".into()));
     }

@@ -269,7 +269,12 @@ fn callback_params(callback: &Callback<'_>) -> Result<Vec<(String, String)>, Rec
 /// `expired`, `failed` and `rejected` are undelivered (error: `err-code`);
 /// `accepted`, `buffered`, `unknown` and anything else are pending.
 pub fn receipt(config: &VonageConfig, params: &[(String, String)]) -> Result<Receipt, ReceiptError> {
-    let expected = non_empty_secret(&config.receipt_token).ok_or(ReceiptError::NotConfigured(NAME))?;
+    let expected = config
+        .receipt_token
+        .as_ref()
+        .map(crate::config::Secret::expose)
+        .filter(|t| !t.is_empty())
+        .ok_or(ReceiptError::NotConfigured(NAME))?;
     let param = |name: &str| {
         params.iter().find(|(key, _)| key == name).map(|(_, value)| value.trim()).filter(|v| !v.is_empty())
     };
