@@ -1,30 +1,49 @@
 # syntax=docker/dockerfile:1
 #
-# otp-pipeline: the product image, every product role. The command picks it
-# (generator, sender, all-in-one, publish, probe); docker-compose.yml runs the
-# pipeline from it (the fake carrier has its own image,
-# tools/fake-carrier/Dockerfile: tools stay out of the product). Build alone with:
+# otp-pipeline's images. The default (last) stage is the product: every
+# product role, picked by the command (generator, sender, all-in-one,
+# publish, probe). The `fake-carrier` target is the fake SMS carrier of
+# docker-compose.yml, a tool kept out of the product image. Build with:
 #   docker build -t otp-pipeline .
+#   docker build --target fake-carrier -t otp-fake-carrier .
 # Checked without a Docker engine by tests/compose.rs.
 
-# ---- build ---------------------------------------------------------------
-FROM rust:1.95-bookworm AS builder
+# ---- sources -------------------------------------------------------------
+FROM rust:1.95-bookworm AS sources
 WORKDIR /build
+# The whole workspace: cargo needs every member's manifest.
 COPY Cargo.toml Cargo.lock ./
 COPY src/ src/
 COPY workers/ workers/
-# The workspace's tool crates: cargo needs their manifests; only the product is built.
 COPY tools/ tools/
-# The registry and target directories are BuildKit caches kept between builds,
-# so a source change recompiles only this crate. The target directory is not
-# part of the image: the binary is copied out in the same step.
+
+# ---- build: one package per stage, so each image builds only its own -----
+# The registry and target directories are BuildKit caches kept between
+# builds, so a source change recompiles only this crate. The target directory
+# is not part of the image: the binary is copied out in the same step.
+FROM sources AS fake-carrier-build
+RUN --mount=type=cache,target=/usr/local/cargo/registry,sharing=locked \
+    --mount=type=cache,target=/build/target,sharing=locked \
+    cargo build --release --locked -p otp-fake-carrier && cp target/release/otp-fake-carrier /usr/local/bin/
+
+FROM sources AS builder
 RUN --mount=type=cache,target=/usr/local/cargo/registry,sharing=locked \
     --mount=type=cache,target=/usr/local/cargo/git,sharing=locked \
     --mount=type=cache,target=/build/target,sharing=locked \
     cargo build --release --locked -p otp-pipeline --bin otp-pipeline \
     && cp target/release/otp-pipeline /usr/local/bin/otp-pipeline
 
-# ---- runtime -------------------------------------------------------------
+# ---- fake carrier (a tool: its own image) ---------------------------------
+FROM debian:bookworm-slim AS fake-carrier
+RUN groupadd --gid 10001 otp && useradd --uid 10001 --gid otp --no-create-home --shell /usr/sbin/nologin otp
+COPY --from=fake-carrier-build /usr/local/bin/otp-fake-carrier /usr/local/bin/otp-fake-carrier
+USER 10001:10001
+# 9099: the carriers' APIs, GET /messages, GET/PUT /control.
+EXPOSE 9099
+ENTRYPOINT ["otp-fake-carrier"]
+CMD ["--listen", "0.0.0.0:9099"]
+
+# ---- the product (default) -----------------------------------------------
 FROM debian:bookworm-slim
 # ca-certificates: the carriers' HTTPS APIs (rustls reads the system roots).
 RUN apt-get update \

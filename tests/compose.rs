@@ -39,8 +39,8 @@ fn fake_carrier_binary() -> PathBuf {
     path
 }
 
-/// The fake carrier's Dockerfile (its own image: tools stay out of the product's).
-const FAKE_CARRIER_DOCKERFILE: &str = "tools/fake-carrier/Dockerfile";
+/// The Dockerfile stage of the fake carrier's image (tools stay out of the product's).
+const FAKE_CARRIER_TARGET: &str = "fake-carrier";
 
 fn root() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -172,14 +172,9 @@ fn container_ports(service: &Value) -> BTreeSet<u16> {
 
 /// A Dockerfile as stages of (INSTRUCTION, arguments), continuation lines joined, comments dropped.
 fn dockerfile() -> Vec<Vec<(String, String)>> {
-    dockerfile_at("Dockerfile")
-}
-
-/// The Dockerfile at `path` (from the repository root), as [`dockerfile`] reads it.
-fn dockerfile_at(path: &str) -> Vec<Vec<(String, String)>> {
     let mut logical = Vec::new();
     let mut current = String::new();
-    for line in read(&root().join(path)).lines() {
+    for line in read(&root().join("Dockerfile")).lines() {
         let line = line.trim();
         if line.is_empty() || line.starts_with('#') {
             continue;
@@ -234,12 +229,24 @@ struct Image {
 }
 
 fn image() -> Image {
-    image_of("Dockerfile")
+    let stages = dockerfile();
+    image_from(stages.last().unwrap())
 }
 
-fn image_of(path: &str) -> Image {
-    let stages = dockerfile_at(path);
-    let last = stages.last().unwrap();
+/// The image of the stage named `target` (`FROM … AS target`).
+fn image_of_stage(target: &str) -> Image {
+    let stages = dockerfile();
+    let stage = stages.iter().find(|s| stage_name(s) == Some(target));
+    image_from(stage.unwrap_or_else(|| panic!("the Dockerfile has no stage {target}")))
+}
+
+/// A stage's name: the `AS` of its `FROM`.
+fn stage_name(stage: &[(String, String)]) -> Option<&str> {
+    let words: Vec<&str> = stage[0].1.split_whitespace().collect();
+    (words.len() == 3 && words[1].eq_ignore_ascii_case("as")).then(|| words[2])
+}
+
+fn image_from(last: &[(String, String)]) -> Image {
     let mut copies = Vec::new();
     for (keyword, args) in last {
         if keyword != "COPY" {
@@ -395,7 +402,7 @@ impl Stack {
     fn load() -> Self {
         let file = compose_file();
         let image = image();
-        let fake_image = image_of(FAKE_CARRIER_DOCKERFILE);
+        let fake_image = image_of_stage(FAKE_CARRIER_TARGET);
         let otp = Self::services_of(&file)
             .iter()
             .filter(|(_, s)| s.get("build").is_some() || s["image"].as_str().is_some_and(|i| i.starts_with("otp-")))
@@ -567,10 +574,14 @@ fn everything_mounted_or_copied_exists_and_is_in_the_build_context() {
         if let Some(build) = service.get("build") {
             let context = build.as_str().or(build["context"].as_str()).unwrap_or(".");
             let dockerfile = build["dockerfile"].as_str().unwrap_or("Dockerfile");
-            let built = root().join(context).join(dockerfile).canonicalize().unwrap();
-            let ours = ["Dockerfile", FAKE_CARRIER_DOCKERFILE].map(|d| root().join(d).canonicalize().unwrap());
-            assert!(ours.contains(&built), "{name}: builds from something else than the repository's Dockerfiles");
-            assert_eq!(root().join(context).canonicalize().unwrap(), root().canonicalize().unwrap(), "{name}: context");
+            assert_eq!(
+                root().join(context).join(dockerfile).canonicalize().unwrap(),
+                root().join("Dockerfile").canonicalize().unwrap(),
+                "{name}: builds from something else than the repository's Dockerfile"
+            );
+            if let Some(target) = build["target"].as_str() {
+                assert_eq!(target, FAKE_CARRIER_TARGET, "{name}: builds an unknown target");
+            }
         }
     }
     for section in ["configs", "secrets"] {
@@ -667,13 +678,17 @@ fn the_dockerfile_builds_in_one_stage_and_runs_unprivileged_in_another() {
             .any(|(k, a)| k == "RUN" && a.contains("cargo build --release --locked -p otp-pipeline --bin otp-pipeline")),
         "a stage runs `cargo build --release --locked -p otp-pipeline --bin otp-pipeline` (the product only)"
     );
-    let fake = dockerfile_at(FAKE_CARRIER_DOCKERFILE);
-    let fake_last = fake.last().unwrap();
-    let fake_entry = fake_last.iter().rev().find(|(k, _)| k == "ENTRYPOINT").expect("ENTRYPOINT");
+    let fake = stages.iter().find(|s| stage_name(s) == Some(FAKE_CARRIER_TARGET)).expect("a fake-carrier stage");
+    let fake_entry = fake.iter().rev().find(|(k, _)| k == "ENTRYPOINT").expect("ENTRYPOINT");
     assert_eq!(json_array(&fake_entry.1, "ENTRYPOINT"), ["otp-fake-carrier"]);
-    let builds_a_tool =
-        |(k, a): &(String, String)| k != "COPY" && (a.contains("otp-fake-carrier") || a.contains("otp-bench"));
-    assert!(!stages.iter().flatten().any(builds_a_tool), "the product image builds or carries no tool");
+    // The product's stages (the last and what it copies from) build and carry no tool.
+    let product = stages.last().unwrap();
+    let from: Vec<&str> =
+        product.iter().filter_map(|(_, a)| a.split_whitespace().find_map(|w| w.strip_prefix("--from="))).collect();
+    let product_stages =
+        stages.iter().filter(|s| std::ptr::eq(*s, product) || stage_name(s).is_some_and(|n| from.contains(&n)));
+    let tool = |(_, a): &(String, String)| a.contains("otp-fake-carrier") || a.contains("otp-bench");
+    assert!(!product_stages.flatten().any(tool), "the product image builds or carries no tool");
     let last = stages.last().unwrap();
     for (keyword, args) in last {
         if keyword == "COPY"
