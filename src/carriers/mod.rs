@@ -275,6 +275,25 @@ pub enum ReceiptError {
     NotConfigured(&'static str),
 }
 
+/// Checks a callback's `presented` token against the carrier's configured
+/// `receipt_token` (constant time): not configured (unset or empty) is
+/// `NotConfigured`, a wrong or missing token `Forbidden`.
+pub fn check_receipt_token(
+    configured: &Option<crate::config::Secret>,
+    presented: Option<&str>,
+    carrier: &'static str,
+) -> Result<(), ReceiptError> {
+    let expected = configured
+        .as_ref()
+        .map(crate::config::Secret::expose)
+        .filter(|t| !t.is_empty())
+        .ok_or(ReceiptError::NotConfigured(carrier))?;
+    if !token_matches(presented, expected) {
+        return Err(ReceiptError::Forbidden("wrong or missing token".into()));
+    }
+    Ok(())
+}
+
 /// Compares a presented secret token with the expected one in constant time.
 pub fn token_matches(presented: Option<&str>, expected: &str) -> bool {
     use sha2::Digest;

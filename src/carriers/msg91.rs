@@ -12,7 +12,7 @@ use crate::carriers::Reply;
 use crate::carriers::util::short;
 use crate::carriers::{
     Accepted, Callback, Carrier, CarrierConfigError, CarrierError, CarrierKind, Receipt, ReceiptError, ReceiptStatus,
-    Receipts, Sms, exchange, token_matches,
+    Receipts, Sms, check_receipt_token, exchange,
 };
 use crate::config::Msg91Config;
 use crate::domain::phone::{mask, redact_numbers};
@@ -178,15 +178,7 @@ pub fn classify(reply: &Reply) -> Result<Accepted, CarrierError> {
 /// or in an array. Status `1` is delivered; `2` failed, `9` NDNC, `16`/`25`
 /// rejected and `17` blocked are undelivered; anything else is pending.
 pub fn receipts(config: &Msg91Config, token: Option<&str>, body: &[u8]) -> Result<Vec<Receipt>, ReceiptError> {
-    let expected = config
-        .receipt_token
-        .as_ref()
-        .map(crate::config::Secret::expose)
-        .filter(|t| !t.is_empty())
-        .ok_or(ReceiptError::NotConfigured(NAME))?;
-    if !token_matches(token, expected) {
-        return Err(ReceiptError::Forbidden("wrong or missing token".into()));
-    }
+    check_receipt_token(&config.receipt_token, token, NAME)?;
     let trimmed = body.trim_ascii();
     let value = if trimmed.starts_with(b"{") || trimmed.starts_with(b"[") {
         serde_json::from_slice(trimmed).map_err(|_| malformed("unreadable JSON"))?

@@ -13,7 +13,7 @@ use crate::carriers::Reply;
 use crate::carriers::util::{http_url, non_empty, non_empty_secret};
 use crate::carriers::{
     Accepted, Callback, Carrier, CarrierConfigError, CarrierError, CarrierKind, Receipt, ReceiptError, ReceiptStatus,
-    Receipts, Sms, exchange, token_matches,
+    Receipts, Sms, check_receipt_token, exchange,
 };
 use crate::config::VonageConfig;
 use crate::domain::phone::{mask, redact_numbers};
@@ -269,18 +269,10 @@ fn callback_params(callback: &Callback<'_>) -> Result<Vec<(String, String)>, Rec
 /// `expired`, `failed` and `rejected` are undelivered (error: `err-code`);
 /// `accepted`, `buffered`, `unknown` and anything else are pending.
 pub fn receipt(config: &VonageConfig, params: &[(String, String)]) -> Result<Receipt, ReceiptError> {
-    let expected = config
-        .receipt_token
-        .as_ref()
-        .map(crate::config::Secret::expose)
-        .filter(|t| !t.is_empty())
-        .ok_or(ReceiptError::NotConfigured(NAME))?;
     let param = |name: &str| {
         params.iter().find(|(key, _)| key == name).map(|(_, value)| value.trim()).filter(|v| !v.is_empty())
     };
-    if !token_matches(param("token"), expected) {
-        return Err(ReceiptError::Forbidden("wrong or missing token".into()));
-    }
+    check_receipt_token(&config.receipt_token, param("token"), NAME)?;
     let id = param("messageId").ok_or_else(|| ReceiptError::Malformed("vonage: no messageId".into()))?;
     let state = param("status").ok_or_else(|| ReceiptError::Malformed("vonage: no status".into()))?;
     let status = match state.to_ascii_lowercase().as_str() {
