@@ -13,23 +13,12 @@ use otp_pipeline::broker::Topology;
 /// Publishes `body` on the request key with `properties`, confirmed, as the
 /// restricted producer user (not the service's).
 async fn publish_request(env: &TestEnv, body: &[u8], properties: BasicProperties) {
-    let connection = lapin::Connection::connect(&common::producer_url(), Default::default()).await.unwrap();
-    let channel = connection.create_channel().await.unwrap();
-    channel.confirm_select(Default::default()).await.unwrap();
-    let confirm = channel
-        .basic_publish(
-            env.topology.exchange.as_str().into(),
-            Topology::REQUEST_KEY.into(),
-            Default::default(),
-            body,
-            properties,
-        )
-        .await
-        .unwrap()
-        .await
-        .unwrap();
+    let exchange = &env.topology.exchange;
+    let confirm =
+        common::publish_confirmed(&common::producer_url(), exchange, Topology::REQUEST_KEY, body, properties, false)
+            .await
+            .unwrap();
     assert!(confirm.is_ack());
-    let _ = connection.close(200, "bye".into()).await;
 }
 
 /// The generator's value of a metric series, from its `/metrics`.
@@ -123,15 +112,8 @@ async fn a_missing_dead_letter_exchange_does_not_stop_issuance() {
 /// Publishes as the restricted producer user; the broker's verdict: the
 /// confirm, or the channel error (e.g. `ACCESS_REFUSED`).
 async fn publish_as_producer(exchange: &str, key: &str, body: &[u8]) -> Result<lapin::Confirmation, lapin::Error> {
-    let connection = lapin::Connection::connect(&common::producer_url(), Default::default()).await.unwrap();
-    let channel = connection.create_channel().await.unwrap();
-    channel.confirm_select(Default::default()).await.unwrap();
-    let options = lapin::options::BasicPublishOptions { mandatory: true, ..Default::default() };
     let properties = BasicProperties::default().with_delivery_mode(2);
-    let result =
-        async { channel.basic_publish(exchange.into(), key.into(), options, body, properties).await?.await }.await;
-    let _ = connection.close(200, "bye".into()).await;
-    result
+    common::publish_confirmed(&common::producer_url(), exchange, key, body, properties, true).await
 }
 
 fn phishing_delivery(phone: &str) -> Vec<u8> {
@@ -231,11 +213,12 @@ async fn unsealed_internal_messages_from_a_shared_user_are_dead_lettered() {
     let mut headers = FieldTable::default();
     let seal = theirs.seal(Topology::DELIVERY_KEY, None, &phishing);
     headers.insert(ShortString::from(Topology::SEAL_HEADER), AMQPValue::LongString(seal.into()));
-    let (connection, channel) = common::open_channel().await;
     let properties = BasicProperties::default().with_headers(headers).with_delivery_mode(2);
-    let internal = env.topology.internal.as_str();
-    channel.basic_publish(internal.into(), "delivery".into(), Default::default(), &phishing, properties).await.unwrap();
-    let _ = connection.close(200, "bye".into()).await;
+    let internal = &env.topology.internal;
+    let confirm = common::publish_confirmed(&common::amqp_url(), internal, "delivery", &phishing, properties, false)
+        .await
+        .unwrap();
+    assert!(confirm.is_ack());
     let dead = common::eventually(|| async {
         let seen = metric(&env, "otp_dead_letters_total{reason=\"unsealed\"} ").await;
         (seen >= 3.0).then_some(())

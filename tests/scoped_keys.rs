@@ -78,17 +78,13 @@ async fn a_producer_cannot_claim_an_application() {
     let body = serde_json::to_vec(&env.request("claimed-1")).unwrap();
     let mut headers = FieldTable::default();
     headers.insert(ShortString::from(Topology::OWNER_HEADER), AMQPValue::LongString("billing".into()));
-    let (connection, channel) = common::open_channel().await;
-    channel.confirm_select(Default::default()).await.unwrap();
     let properties = BasicProperties::default().with_headers(headers).with_delivery_mode(2);
-    let exchange = env.topology.exchange.as_str();
-    channel
-        .basic_publish(exchange.into(), Topology::REQUEST_KEY.into(), Default::default(), &body, properties)
-        .await
-        .unwrap()
-        .await
-        .unwrap();
-    let _ = connection.close(200, "bye".into()).await;
+    let exchange = &env.topology.exchange;
+    let confirm =
+        common::publish_confirmed(&common::amqp_url(), exchange, Topology::REQUEST_KEY, &body, properties, false)
+            .await
+            .unwrap();
+    assert!(confirm.is_ack());
     let dead = common::eventually(|| async { Some(env.dead_letters().await).filter(|d| !d.is_empty()) }).await;
     let dead = dead.expect("dead-lettered");
     assert_eq!((dead.len(), dead[0].2.as_str()), (1, "unsealed"));

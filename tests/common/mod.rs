@@ -345,19 +345,34 @@ impl TestEnv {
             let seal = ring.seal(routing_key, None, body);
             headers.insert(Topology::SEAL_HEADER.into(), AMQPValue::LongString(seal.into()));
         }
-        let (connection, channel) = open_channel().await;
-        channel.confirm_select(Default::default()).await.unwrap();
         let properties = lapin::BasicProperties::default().with_delivery_mode(2).with_headers(headers);
-        let exchange = self.topology.internal.as_str();
-        let confirm = channel
-            .basic_publish(exchange.into(), routing_key.into(), Default::default(), body, properties)
-            .await
-            .unwrap()
+        let confirm = publish_confirmed(&amqp_url(), &self.topology.internal, routing_key, body, properties, false)
             .await
             .unwrap();
         assert!(confirm.is_ack());
-        let _ = connection.close(200, "bye".into()).await;
     }
+}
+
+/// Publishes one message as `url`'s user on a fresh connection, with a
+/// confirm (and `mandatory` if asked): the broker's verdict, or the channel
+/// error it closed the channel with (e.g. `ACCESS_REFUSED`).
+pub async fn publish_confirmed(
+    url: &str,
+    exchange: &str,
+    routing_key: &str,
+    body: &[u8],
+    properties: lapin::BasicProperties,
+    mandatory: bool,
+) -> Result<lapin::Confirmation, lapin::Error> {
+    let connection = Connection::connect(url, ConnectionProperties::default()).await.unwrap();
+    let channel = connection.create_channel().await.unwrap();
+    channel.confirm_select(Default::default()).await.unwrap();
+    let options = lapin::options::BasicPublishOptions { mandatory, ..Default::default() };
+    let published =
+        async { channel.basic_publish(exchange.into(), routing_key.into(), options, body, properties).await?.await };
+    let result = published.await;
+    let _ = connection.close(200, "bye".into()).await;
+    result
 }
 
 /// A fresh connection and channel to the test broker.
