@@ -124,6 +124,14 @@ pub fn panic_text(payload: &(dyn std::any::Any + Send)) -> String {
         .unwrap_or_else(|| "no message".to_owned())
 }
 
+/// Resolves at the next SIGINT or SIGTERM.
+async fn signalled(term: &mut tokio::signal::unix::Signal) {
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}
+
 /// A token cancelled on SIGINT or SIGTERM. A second signal ends the process
 /// at once (exit code 130), whatever shutdown is waiting for.
 pub fn shutdown_on_signals() -> CancellationToken {
@@ -132,23 +140,11 @@ pub fn shutdown_on_signals() -> CancellationToken {
     tokio::spawn(async move {
         let mut term =
             tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("install SIGTERM handler");
-        let signal = async {
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = term.recv() => {}
-            }
-        };
-        signal.await;
+        signalled(&mut term).await;
         // Cancel first: logging may fail (a closed terminal), stopping may not.
         cancel.cancel();
         tracing::info!("shutting down: finishing in-flight work (a second signal stops at once)");
-        let again = async {
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = term.recv() => {}
-            }
-        };
-        again.await;
+        signalled(&mut term).await;
         tracing::warn!("second signal: stopping now");
         std::process::exit(130);
     });
